@@ -25,6 +25,13 @@
 // the recorded process groups, then anything else whose network namespace is one of the
 // lab's (matched by /proc/<pid>/ns/net inode, never by name), then deletes the namespaces.
 //
+// Build makes the network only; Up builds it and starts the directors (StartDirector,
+// DirectorArgs), the witness and the lab backend (RunBackend) through the raftlb binary;
+// Demo walks through the cluster on top of Up. Tests reach into the lab with Exec (a
+// command in a namespace), InNS and DialContext (Go code and sockets in a namespace),
+// CLI (the raftlb CLI from the client as admin), Signal (a recorded process, e.g. to kill
+// a director) and Disconnect/Reconnect (a switch port, e.g. to partition a director).
+//
 // The lab shells out to ip(8): it is test tooling, and the commands it runs are the ones a
 // reader would type to reproduce it. Product code configures the network via netlink.
 package lab
