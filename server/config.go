@@ -49,6 +49,9 @@ type Config struct {
 
 	// Iface is the front interface (clients, DR and TUN realservers).
 	Iface string `yaml:"iface"`
+	// FrontAddr is this director's IPv4 address on Iface, the outer source of
+	// TUN packets that agents must accept; empty means Iface's first IPv4 address.
+	FrontAddr string `yaml:"front_addr"`
 	// InsideIface is the NAT side (NAT realservers and the gateway address).
 	InsideIface string `yaml:"inside_iface"`
 	// AttachMode is how XDP attaches: auto (generic on veth, native elsewhere), generic or native.
@@ -61,6 +64,9 @@ type Config struct {
 	CommitTimeout      time.Duration `yaml:"commit_timeout"`
 	// SnapshotThreshold is the number of log entries between snapshots.
 	SnapshotThreshold uint64 `yaml:"snapshot_threshold"`
+	// WriteTimeout bounds how long a request waits for a leader and for its
+	// entry to commit (and how long a consistent read waits for the leader).
+	WriteTimeout time.Duration `yaml:"write_timeout"`
 
 	// LeaseDuration is how long a granted address lease lets the dataplane answer.
 	LeaseDuration time.Duration `yaml:"lease_duration"`
@@ -110,6 +116,9 @@ func (c *Config) Defaults() {
 	}
 	if c.SnapshotThreshold == 0 {
 		c.SnapshotThreshold = 8192
+	}
+	if c.WriteTimeout == 0 {
+		c.WriteTimeout = 10 * time.Second
 	}
 	if c.LeaseDuration == 0 {
 		c.LeaseDuration = 1500 * time.Millisecond
@@ -181,13 +190,35 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("metrics-addr: %q is not host:port", c.MetricsAddr))
 		}
 	}
+	if host, _, err := net.SplitHostPort(c.RaftAddr); err == nil {
+		// Peers dial the Raft address this node advertises, so it must name a host.
+		if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+			errs = append(errs, fmt.Errorf("raft-addr: %q must name a reachable host, not all interfaces", c.RaftAddr))
+		}
+	}
 	if len(c.Peers) > 0 {
 		if _, ok := c.Peers[c.ID]; !ok {
 			errs = append(errs, fmt.Errorf("peers: must include this node's id %q", c.ID))
 		}
 	}
+	for _, p := range c.GossipPeers {
+		if _, _, err := net.SplitHostPort(p); err != nil {
+			errs = append(errs, fmt.Errorf("gossip-peers: %q is not host:port", p))
+		}
+	}
+	if c.FrontAddr != "" {
+		if ip := net.ParseIP(c.FrontAddr); ip == nil || ip.To4() == nil {
+			errs = append(errs, fmt.Errorf("front-addr: %q is not an IPv4 address", c.FrontAddr))
+		}
+	}
+	if c.WriteTimeout < 100*time.Millisecond {
+		errs = append(errs, fmt.Errorf("write-timeout: %v is below 100ms", c.WriteTimeout))
+	}
 	if !c.Insecure && (c.TLSCA == "" || c.TLSCert == "" || c.TLSKey == "") {
 		errs = append(errs, errors.New("tls-ca, tls-cert, tls-key: required unless --insecure"))
+	}
+	if !c.Insecure && c.GossipKeyFile == "" {
+		errs = append(errs, errors.New("gossip-key-file: required unless --insecure"))
 	}
 	if !c.Witness && c.Iface == "" && c.InsideIface != "" {
 		errs = append(errs, errors.New("iface: required when inside-iface is set"))

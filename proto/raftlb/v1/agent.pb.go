@@ -486,9 +486,12 @@ type AgentInfo struct {
 	DecapMode         string                 `protobuf:"bytes,5,opt,name=decap_mode,json=decapMode,proto3" json:"decap_mode,omitempty"`
 	Error             string                 `protobuf:"bytes,6,opt,name=error,proto3" json:"error,omitempty"`
 	// Milliseconds since its last report.
-	LastSeenMs    int64 `protobuf:"varint,7,opt,name=last_seen_ms,json=lastSeenMs,proto3" json:"last_seen_ms,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	LastSeenMs int64 `protobuf:"varint,7,opt,name=last_seen_ms,json=lastSeenMs,proto3" json:"last_seen_ms,omitempty"`
+	// Proposer's wall clock at its last registration or report, Unix milliseconds.
+	// This is what the replicated state keeps; last_seen_ms is derived from it when read.
+	LastSeenUnixMs int64 `protobuf:"varint,8,opt,name=last_seen_unix_ms,json=lastSeenUnixMs,proto3" json:"last_seen_unix_ms,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *AgentInfo) Reset() {
@@ -566,6 +569,13 @@ func (x *AgentInfo) GetError() string {
 func (x *AgentInfo) GetLastSeenMs() int64 {
 	if x != nil {
 		return x.LastSeenMs
+	}
+	return 0
+}
+
+func (x *AgentInfo) GetLastSeenUnixMs() int64 {
+	if x != nil {
+		return x.LastSeenUnixMs
 	}
 	return 0
 }
@@ -691,7 +701,7 @@ const file_raftlb_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"decap_mode\x18\x04 \x01(\tR\tdecapMode\x12\x14\n" +
 	"\x05error\x18\x05 \x01(\tR\x05error\"\x16\n" +
-	"\x14ReportStatusResponse\"\x81\x02\n" +
+	"\x14ReportStatusResponse\"\xac\x02\n" +
 	"\tAgentInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x124\n" +
 	"\n" +
@@ -703,7 +713,8 @@ const file_raftlb_v1_agent_proto_rawDesc = "" +
 	"decap_mode\x18\x05 \x01(\tR\tdecapMode\x12\x14\n" +
 	"\x05error\x18\x06 \x01(\tR\x05error\x12 \n" +
 	"\flast_seen_ms\x18\a \x01(\x03R\n" +
-	"lastSeenMs\"\x13\n" +
+	"lastSeenMs\x12)\n" +
+	"\x11last_seen_unix_ms\x18\b \x01(\x03R\x0elastSeenUnixMs\"\x13\n" +
 	"\x11ListAgentsRequest\"B\n" +
 	"\x12ListAgentsResponse\x12,\n" +
 	"\x06agents\x18\x01 \x03(\v2\x14.raftlb.v1.AgentInfoR\x06agents2\xbf\x02\n" +

@@ -335,11 +335,13 @@ func (*Command_HealthVerdicts) isCommand_Op() {}
 type Result struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// A google.rpc.Code; zero is OK.
-	Code          uint32          `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
-	Message       string          `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
-	Service       *VirtualService `protobuf:"bytes,3,opt,name=service,proto3" json:"service,omitempty"`
-	Realserver    *Realserver     `protobuf:"bytes,4,opt,name=realserver,proto3" json:"realserver,omitempty"`
-	Address       *Address        `protobuf:"bytes,5,opt,name=address,proto3" json:"address,omitempty"`
+	Code       uint32          `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
+	Message    string          `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	Service    *VirtualService `protobuf:"bytes,3,opt,name=service,proto3" json:"service,omitempty"`
+	Realserver *Realserver     `protobuf:"bytes,4,opt,name=realserver,proto3" json:"realserver,omitempty"`
+	Address    *Address        `protobuf:"bytes,5,opt,name=address,proto3" json:"address,omitempty"`
+	// Generation of the replicated configuration after the command.
+	Generation    uint64 `protobuf:"varint,6,opt,name=generation,proto3" json:"generation,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -407,6 +409,13 @@ func (x *Result) GetAddress() *Address {
 		return x.Address
 	}
 	return nil
+}
+
+func (x *Result) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
 }
 
 // UpsertDirector records a director's addresses (from its own announcement).
@@ -500,6 +509,7 @@ func (x *AssignAddresses) GetAddresses() []*Address {
 }
 
 // ConnEntry is a replicated connection-table entry, compact on purpose.
+// IPv4 addresses are big-endian integers: 198.51.100.10 is 0xC633640A.
 type ConnEntry struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	Protocol       Protocol               `protobuf:"varint,1,opt,name=protocol,proto3,enum=raftlb.v1.Protocol" json:"protocol,omitempty"`
@@ -732,6 +742,7 @@ func (x *HealthVerdict) GetState() HealthState {
 	return HealthState_HEALTH_STATE_UNSPECIFIED
 }
 
+// HealthVerdicts carries health transitions decided by the checking directors.
 type HealthVerdicts struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Verdicts      []*HealthVerdict       `protobuf:"bytes,1,rep,name=verdicts,proto3" json:"verdicts,omitempty"`
@@ -778,15 +789,17 @@ func (x *HealthVerdicts) GetVerdicts() []*HealthVerdict {
 
 // Snapshot is the whole replicated state.
 type Snapshot struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Generation    uint64                 `protobuf:"varint,1,opt,name=generation,proto3" json:"generation,omitempty"`
-	Services      []*VirtualService      `protobuf:"bytes,2,rep,name=services,proto3" json:"services,omitempty"`
-	Addresses     []*Address             `protobuf:"bytes,3,rep,name=addresses,proto3" json:"addresses,omitempty"`
-	Directors     []*Director            `protobuf:"bytes,4,rep,name=directors,proto3" json:"directors,omitempty"`
-	Agents        []*AgentInfo           `protobuf:"bytes,5,rep,name=agents,proto3" json:"agents,omitempty"`
-	Connections   []*ConnEntry           `protobuf:"bytes,6,rep,name=connections,proto3" json:"connections,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Generation  uint64                 `protobuf:"varint,1,opt,name=generation,proto3" json:"generation,omitempty"`
+	Services    []*VirtualService      `protobuf:"bytes,2,rep,name=services,proto3" json:"services,omitempty"`
+	Addresses   []*Address             `protobuf:"bytes,3,rep,name=addresses,proto3" json:"addresses,omitempty"`
+	Directors   []*Director            `protobuf:"bytes,4,rep,name=directors,proto3" json:"directors,omitempty"`
+	Agents      []*AgentInfo           `protobuf:"bytes,5,rep,name=agents,proto3" json:"agents,omitempty"`
+	Connections []*ConnEntry           `protobuf:"bytes,6,rep,name=connections,proto3" json:"connections,omitempty"`
+	// New connection entries dropped because the table was full.
+	ConnectionsDropped uint64 `protobuf:"varint,7,opt,name=connections_dropped,json=connectionsDropped,proto3" json:"connections_dropped,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *Snapshot) Reset() {
@@ -861,6 +874,13 @@ func (x *Snapshot) GetConnections() []*ConnEntry {
 	return nil
 }
 
+func (x *Snapshot) GetConnectionsDropped() uint64 {
+	if x != nil {
+		return x.ConnectionsDropped
+	}
+	return 0
+}
+
 var File_raftlb_v1_fsm_proto protoreflect.FileDescriptor
 
 const file_raftlb_v1_fsm_proto_rawDesc = "" +
@@ -886,7 +906,7 @@ const file_raftlb_v1_fsm_proto_rawDesc = "" +
 	"\x0eregister_agent\x18\x16 \x01(\v2\x1a.raftlb.v1.RegisterRequestH\x00R\rregisterAgent\x12P\n" +
 	"\x13report_agent_status\x18\x17 \x01(\v2\x1e.raftlb.v1.ReportStatusRequestH\x00R\x11reportAgentStatus\x12D\n" +
 	"\x0fhealth_verdicts\x18\x18 \x01(\v2\x19.raftlb.v1.HealthVerdictsH\x00R\x0ehealthVerdictsB\x04\n" +
-	"\x02op\"\xd0\x01\n" +
+	"\x02op\"\xf0\x01\n" +
 	"\x06Result\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\rR\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x123\n" +
@@ -894,7 +914,10 @@ const file_raftlb_v1_fsm_proto_rawDesc = "" +
 	"\n" +
 	"realserver\x18\x04 \x01(\v2\x15.raftlb.v1.RealserverR\n" +
 	"realserver\x12,\n" +
-	"\aaddress\x18\x05 \x01(\v2\x12.raftlb.v1.AddressR\aaddress\"A\n" +
+	"\aaddress\x18\x05 \x01(\v2\x12.raftlb.v1.AddressR\aaddress\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x06 \x01(\x04R\n" +
+	"generation\"A\n" +
 	"\x0eUpsertDirector\x12/\n" +
 	"\bdirector\x18\x01 \x01(\v2\x13.raftlb.v1.DirectorR\bdirector\"C\n" +
 	"\x0fAssignAddresses\x120\n" +
@@ -919,7 +942,7 @@ const file_raftlb_v1_fsm_proto_rawDesc = "" +
 	"\x04port\x18\x03 \x01(\rR\x04port\x12,\n" +
 	"\x05state\x18\x04 \x01(\x0e2\x16.raftlb.v1.HealthStateR\x05state\"F\n" +
 	"\x0eHealthVerdicts\x124\n" +
-	"\bverdicts\x18\x01 \x03(\v2\x18.raftlb.v1.HealthVerdictR\bverdicts\"\xac\x02\n" +
+	"\bverdicts\x18\x01 \x03(\v2\x18.raftlb.v1.HealthVerdictR\bverdicts\"\xdd\x02\n" +
 	"\bSnapshot\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x01 \x01(\x04R\n" +
@@ -928,7 +951,8 @@ const file_raftlb_v1_fsm_proto_rawDesc = "" +
 	"\taddresses\x18\x03 \x03(\v2\x12.raftlb.v1.AddressR\taddresses\x121\n" +
 	"\tdirectors\x18\x04 \x03(\v2\x13.raftlb.v1.DirectorR\tdirectors\x12,\n" +
 	"\x06agents\x18\x05 \x03(\v2\x14.raftlb.v1.AgentInfoR\x06agents\x126\n" +
-	"\vconnections\x18\x06 \x03(\v2\x14.raftlb.v1.ConnEntryR\vconnectionsB3Z1github.com/raftlb/raftlb/proto/raftlb/v1;raftlbv1b\x06proto3"
+	"\vconnections\x18\x06 \x03(\v2\x14.raftlb.v1.ConnEntryR\vconnections\x12/\n" +
+	"\x13connections_dropped\x18\a \x01(\x04R\x12connectionsDroppedB3Z1github.com/raftlb/raftlb/proto/raftlb/v1;raftlbv1b\x06proto3"
 
 var (
 	file_raftlb_v1_fsm_proto_rawDescOnce sync.Once

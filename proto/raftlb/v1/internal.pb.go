@@ -21,6 +21,166 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// LeaseClaim is an address the caller believes it owns.
+type LeaseClaim struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Address       string                 `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
+	Epoch         uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseClaim) Reset() {
+	*x = LeaseClaim{}
+	mi := &file_raftlb_v1_internal_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseClaim) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseClaim) ProtoMessage() {}
+
+func (x *LeaseClaim) ProtoReflect() protoreflect.Message {
+	mi := &file_raftlb_v1_internal_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseClaim.ProtoReflect.Descriptor instead.
+func (*LeaseClaim) Descriptor() ([]byte, []int) {
+	return file_raftlb_v1_internal_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *LeaseClaim) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *LeaseClaim) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+type GrantLeaseRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Must equal the caller's certificate common name.
+	DirectorId    string        `protobuf:"bytes,1,opt,name=director_id,json=directorId,proto3" json:"director_id,omitempty"`
+	Claims        []*LeaseClaim `protobuf:"bytes,2,rep,name=claims,proto3" json:"claims,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GrantLeaseRequest) Reset() {
+	*x = GrantLeaseRequest{}
+	mi := &file_raftlb_v1_internal_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GrantLeaseRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GrantLeaseRequest) ProtoMessage() {}
+
+func (x *GrantLeaseRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_raftlb_v1_internal_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GrantLeaseRequest.ProtoReflect.Descriptor instead.
+func (*GrantLeaseRequest) Descriptor() ([]byte, []int) {
+	return file_raftlb_v1_internal_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *GrantLeaseRequest) GetDirectorId() string {
+	if x != nil {
+		return x.DirectorId
+	}
+	return ""
+}
+
+func (x *GrantLeaseRequest) GetClaims() []*LeaseClaim {
+	if x != nil {
+		return x.Claims
+	}
+	return nil
+}
+
+type GrantLeaseResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Claims granted; the others are no longer the caller's.
+	Granted []*LeaseClaim `protobuf:"bytes,1,rep,name=granted,proto3" json:"granted,omitempty"`
+	// How long the lease lasts, measured by the caller from before it sent the request.
+	DurationMs    int64 `protobuf:"varint,2,opt,name=duration_ms,json=durationMs,proto3" json:"duration_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GrantLeaseResponse) Reset() {
+	*x = GrantLeaseResponse{}
+	mi := &file_raftlb_v1_internal_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GrantLeaseResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GrantLeaseResponse) ProtoMessage() {}
+
+func (x *GrantLeaseResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_raftlb_v1_internal_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GrantLeaseResponse.ProtoReflect.Descriptor instead.
+func (*GrantLeaseResponse) Descriptor() ([]byte, []int) {
+	return file_raftlb_v1_internal_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *GrantLeaseResponse) GetGranted() []*LeaseClaim {
+	if x != nil {
+		return x.Granted
+	}
+	return nil
+}
+
+func (x *GrantLeaseResponse) GetDurationMs() int64 {
+	if x != nil {
+		return x.DurationMs
+	}
+	return 0
+}
+
 type ApplyRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Command       *Command               `protobuf:"bytes,1,opt,name=command,proto3" json:"command,omitempty"`
@@ -30,7 +190,7 @@ type ApplyRequest struct {
 
 func (x *ApplyRequest) Reset() {
 	*x = ApplyRequest{}
-	mi := &file_raftlb_v1_internal_proto_msgTypes[0]
+	mi := &file_raftlb_v1_internal_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -42,7 +202,7 @@ func (x *ApplyRequest) String() string {
 func (*ApplyRequest) ProtoMessage() {}
 
 func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_raftlb_v1_internal_proto_msgTypes[0]
+	mi := &file_raftlb_v1_internal_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -55,7 +215,7 @@ func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyRequest.ProtoReflect.Descriptor instead.
 func (*ApplyRequest) Descriptor() ([]byte, []int) {
-	return file_raftlb_v1_internal_proto_rawDescGZIP(), []int{0}
+	return file_raftlb_v1_internal_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ApplyRequest) GetCommand() *Command {
@@ -77,7 +237,7 @@ type ApplyResponse struct {
 
 func (x *ApplyResponse) Reset() {
 	*x = ApplyResponse{}
-	mi := &file_raftlb_v1_internal_proto_msgTypes[1]
+	mi := &file_raftlb_v1_internal_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -89,7 +249,7 @@ func (x *ApplyResponse) String() string {
 func (*ApplyResponse) ProtoMessage() {}
 
 func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_raftlb_v1_internal_proto_msgTypes[1]
+	mi := &file_raftlb_v1_internal_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -102,7 +262,7 @@ func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyResponse) Descriptor() ([]byte, []int) {
-	return file_raftlb_v1_internal_proto_rawDescGZIP(), []int{1}
+	return file_raftlb_v1_internal_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ApplyResponse) GetIndex() uint64 {
@@ -124,13 +284,27 @@ var File_raftlb_v1_internal_proto protoreflect.FileDescriptor
 const file_raftlb_v1_internal_proto_rawDesc = "" +
 	"\n" +
 	"\x18raftlb/v1/internal.proto\x12\traftlb.v1\x1a\x13raftlb/v1/fsm.proto\"<\n" +
+	"\n" +
+	"LeaseClaim\x12\x18\n" +
+	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x14\n" +
+	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\"c\n" +
+	"\x11GrantLeaseRequest\x12\x1f\n" +
+	"\vdirector_id\x18\x01 \x01(\tR\n" +
+	"directorId\x12-\n" +
+	"\x06claims\x18\x02 \x03(\v2\x15.raftlb.v1.LeaseClaimR\x06claims\"f\n" +
+	"\x12GrantLeaseResponse\x12/\n" +
+	"\agranted\x18\x01 \x03(\v2\x15.raftlb.v1.LeaseClaimR\agranted\x12\x1f\n" +
+	"\vduration_ms\x18\x02 \x01(\x03R\n" +
+	"durationMs\"<\n" +
 	"\fApplyRequest\x12,\n" +
 	"\acommand\x18\x01 \x01(\v2\x12.raftlb.v1.CommandR\acommand\"P\n" +
 	"\rApplyResponse\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12)\n" +
-	"\x06result\x18\x02 \x01(\v2\x11.raftlb.v1.ResultR\x06result2M\n" +
+	"\x06result\x18\x02 \x01(\v2\x11.raftlb.v1.ResultR\x06result2\x98\x01\n" +
 	"\x0fInternalService\x12:\n" +
-	"\x05Apply\x12\x17.raftlb.v1.ApplyRequest\x1a\x18.raftlb.v1.ApplyResponseB3Z1github.com/raftlb/raftlb/proto/raftlb/v1;raftlbv1b\x06proto3"
+	"\x05Apply\x12\x17.raftlb.v1.ApplyRequest\x1a\x18.raftlb.v1.ApplyResponse\x12I\n" +
+	"\n" +
+	"GrantLease\x12\x1c.raftlb.v1.GrantLeaseRequest\x1a\x1d.raftlb.v1.GrantLeaseResponseB3Z1github.com/raftlb/raftlb/proto/raftlb/v1;raftlbv1b\x06proto3"
 
 var (
 	file_raftlb_v1_internal_proto_rawDescOnce sync.Once
@@ -144,23 +318,30 @@ func file_raftlb_v1_internal_proto_rawDescGZIP() []byte {
 	return file_raftlb_v1_internal_proto_rawDescData
 }
 
-var file_raftlb_v1_internal_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
+var file_raftlb_v1_internal_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_raftlb_v1_internal_proto_goTypes = []any{
-	(*ApplyRequest)(nil),  // 0: raftlb.v1.ApplyRequest
-	(*ApplyResponse)(nil), // 1: raftlb.v1.ApplyResponse
-	(*Command)(nil),       // 2: raftlb.v1.Command
-	(*Result)(nil),        // 3: raftlb.v1.Result
+	(*LeaseClaim)(nil),         // 0: raftlb.v1.LeaseClaim
+	(*GrantLeaseRequest)(nil),  // 1: raftlb.v1.GrantLeaseRequest
+	(*GrantLeaseResponse)(nil), // 2: raftlb.v1.GrantLeaseResponse
+	(*ApplyRequest)(nil),       // 3: raftlb.v1.ApplyRequest
+	(*ApplyResponse)(nil),      // 4: raftlb.v1.ApplyResponse
+	(*Command)(nil),            // 5: raftlb.v1.Command
+	(*Result)(nil),             // 6: raftlb.v1.Result
 }
 var file_raftlb_v1_internal_proto_depIdxs = []int32{
-	2, // 0: raftlb.v1.ApplyRequest.command:type_name -> raftlb.v1.Command
-	3, // 1: raftlb.v1.ApplyResponse.result:type_name -> raftlb.v1.Result
-	0, // 2: raftlb.v1.InternalService.Apply:input_type -> raftlb.v1.ApplyRequest
-	1, // 3: raftlb.v1.InternalService.Apply:output_type -> raftlb.v1.ApplyResponse
-	3, // [3:4] is the sub-list for method output_type
-	2, // [2:3] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	0, // 0: raftlb.v1.GrantLeaseRequest.claims:type_name -> raftlb.v1.LeaseClaim
+	0, // 1: raftlb.v1.GrantLeaseResponse.granted:type_name -> raftlb.v1.LeaseClaim
+	5, // 2: raftlb.v1.ApplyRequest.command:type_name -> raftlb.v1.Command
+	6, // 3: raftlb.v1.ApplyResponse.result:type_name -> raftlb.v1.Result
+	3, // 4: raftlb.v1.InternalService.Apply:input_type -> raftlb.v1.ApplyRequest
+	1, // 5: raftlb.v1.InternalService.GrantLease:input_type -> raftlb.v1.GrantLeaseRequest
+	4, // 6: raftlb.v1.InternalService.Apply:output_type -> raftlb.v1.ApplyResponse
+	2, // 7: raftlb.v1.InternalService.GrantLease:output_type -> raftlb.v1.GrantLeaseResponse
+	6, // [6:8] is the sub-list for method output_type
+	4, // [4:6] is the sub-list for method input_type
+	4, // [4:4] is the sub-list for extension type_name
+	4, // [4:4] is the sub-list for extension extendee
+	0, // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_raftlb_v1_internal_proto_init() }
@@ -175,7 +356,7 @@ func file_raftlb_v1_internal_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_raftlb_v1_internal_proto_rawDesc), len(file_raftlb_v1_internal_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   2,
+			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

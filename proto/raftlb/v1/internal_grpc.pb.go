@@ -19,7 +19,8 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	InternalService_Apply_FullMethodName = "/raftlb.v1.InternalService/Apply"
+	InternalService_Apply_FullMethodName      = "/raftlb.v1.InternalService/Apply"
+	InternalService_GrantLease_FullMethodName = "/raftlb.v1.InternalService/GrantLease"
 )
 
 // InternalServiceClient is the client API for InternalService service.
@@ -30,6 +31,10 @@ const (
 type InternalServiceClient interface {
 	// Apply proposes a command on the leader; followers forward writes here.
 	Apply(ctx context.Context, in *ApplyRequest, opts ...grpc.CallOption) (*ApplyResponse, error)
+	// GrantLease asks the leader to extend the caller's leases on the addresses it
+	// owns. The leader grants only after VerifyLeader and only for addresses the
+	// replicated state assigns to the caller at the given epoch.
+	GrantLease(ctx context.Context, in *GrantLeaseRequest, opts ...grpc.CallOption) (*GrantLeaseResponse, error)
 }
 
 type internalServiceClient struct {
@@ -50,6 +55,16 @@ func (c *internalServiceClient) Apply(ctx context.Context, in *ApplyRequest, opt
 	return out, nil
 }
 
+func (c *internalServiceClient) GrantLease(ctx context.Context, in *GrantLeaseRequest, opts ...grpc.CallOption) (*GrantLeaseResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GrantLeaseResponse)
+	err := c.cc.Invoke(ctx, InternalService_GrantLease_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // InternalServiceServer is the server API for InternalService service.
 // All implementations must embed UnimplementedInternalServiceServer
 // for forward compatibility.
@@ -58,6 +73,10 @@ func (c *internalServiceClient) Apply(ctx context.Context, in *ApplyRequest, opt
 type InternalServiceServer interface {
 	// Apply proposes a command on the leader; followers forward writes here.
 	Apply(context.Context, *ApplyRequest) (*ApplyResponse, error)
+	// GrantLease asks the leader to extend the caller's leases on the addresses it
+	// owns. The leader grants only after VerifyLeader and only for addresses the
+	// replicated state assigns to the caller at the given epoch.
+	GrantLease(context.Context, *GrantLeaseRequest) (*GrantLeaseResponse, error)
 	mustEmbedUnimplementedInternalServiceServer()
 }
 
@@ -70,6 +89,9 @@ type UnimplementedInternalServiceServer struct{}
 
 func (UnimplementedInternalServiceServer) Apply(context.Context, *ApplyRequest) (*ApplyResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Apply not implemented")
+}
+func (UnimplementedInternalServiceServer) GrantLease(context.Context, *GrantLeaseRequest) (*GrantLeaseResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GrantLease not implemented")
 }
 func (UnimplementedInternalServiceServer) mustEmbedUnimplementedInternalServiceServer() {}
 func (UnimplementedInternalServiceServer) testEmbeddedByValue()                         {}
@@ -110,6 +132,24 @@ func _InternalService_Apply_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _InternalService_GrantLease_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GrantLeaseRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InternalServiceServer).GrantLease(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: InternalService_GrantLease_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InternalServiceServer).GrantLease(ctx, req.(*GrantLeaseRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // InternalService_ServiceDesc is the grpc.ServiceDesc for InternalService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -120,6 +160,10 @@ var InternalService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Apply",
 			Handler:    _InternalService_Apply_Handler,
+		},
+		{
+			MethodName: "GrantLease",
+			Handler:    _InternalService_GrantLease_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

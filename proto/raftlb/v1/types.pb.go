@@ -1261,7 +1261,9 @@ type Director struct {
 	// host:port of memberlist gossip.
 	GossipAddress string `protobuf:"bytes,4,opt,name=gossip_address,json=gossipAddress,proto3" json:"gossip_address,omitempty"`
 	// A witness votes but never owns an address and has no dataplane.
-	Witness       bool `protobuf:"varint,5,opt,name=witness,proto3" json:"witness,omitempty"`
+	Witness bool `protobuf:"varint,5,opt,name=witness,proto3" json:"witness,omitempty"`
+	// IPv4 address on the front interface: the outer source of tunnelled (TUN) packets.
+	FrontAddress  string `protobuf:"bytes,6,opt,name=front_address,json=frontAddress,proto3" json:"front_address,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1329,6 +1331,13 @@ func (x *Director) GetWitness() bool {
 		return x.Witness
 	}
 	return false
+}
+
+func (x *Director) GetFrontAddress() string {
+	if x != nil {
+		return x.FrontAddress
+	}
+	return ""
 }
 
 // Interface is a network interface of a realserver.
@@ -1462,14 +1471,15 @@ const file_raftlb_v1_types_proto_rawDesc = "" +
 	"\x12realserver_address\x18\x06 \x01(\tR\x11realserverAddress\x12'\n" +
 	"\x0frealserver_port\x18\a \x01(\rR\x0erealserverPort\x120\n" +
 	"\x05state\x18\b \x01(\x0e2\x1a.raftlb.v1.ConnectionStateR\x05state\x12\"\n" +
-	"\rexpires_in_ms\x18\t \x01(\x03R\vexpiresInMs\"\x9f\x01\n" +
+	"\rexpires_in_ms\x18\t \x01(\x03R\vexpiresInMs\"\xc4\x01\n" +
 	"\bDirector\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1f\n" +
 	"\vapi_address\x18\x02 \x01(\tR\n" +
 	"apiAddress\x12!\n" +
 	"\fraft_address\x18\x03 \x01(\tR\vraftAddress\x12%\n" +
 	"\x0egossip_address\x18\x04 \x01(\tR\rgossipAddress\x12\x18\n" +
-	"\awitness\x18\x05 \x01(\bR\awitness\"O\n" +
+	"\awitness\x18\x05 \x01(\bR\awitness\x12#\n" +
+	"\rfront_address\x18\x06 \x01(\tR\ffrontAddress\"O\n" +
 	"\tInterface\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
 	"\x03mac\x18\x02 \x01(\tR\x03mac\x12\x1c\n" +

@@ -1,0 +1,200 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+
+	raftlbv1 "github.com/raftlb/raftlb/proto/raftlb/v1"
+)
+
+// Method is the forwarding method a VIP is served with; it decides what the
+// realserver needs.
+type Method int
+
+// Forwarding methods, as in raftlbv1.ForwardingMethod.
+const (
+	MethodUnspecified Method = iota
+	MethodNAT
+	MethodTUN
+	MethodDR
+)
+
+// String returns the LVS name of the method.
+func (m Method) String() string {
+	switch m {
+	case MethodNAT:
+		return "nat"
+	case MethodTUN:
+		return "tun"
+	case MethodDR:
+		return "dr"
+	default:
+		return "unspecified"
+	}
+}
+
+// needs ranks methods by what they need on the realserver: TUN needs all
+// that DR does, DR all that NAT does.
+func (m Method) needs() int {
+	switch m {
+	case MethodNAT:
+		return 1
+	case MethodDR:
+		return 2
+	case MethodTUN:
+		return 3
+	}
+	return 0
+}
+
+// VIP is one virtual address the realserver must accept traffic for.
+type VIP struct {
+	Addr   netip.Addr `json:"addr"`
+	Method Method     `json:"method"`
+}
+
+// Desired is the realserver's desired network configuration, the domain form
+// of raftlbv1.WatchConfigResponse.
+type Desired struct {
+	Generation uint64 `json:"generation"`
+	// VIPs for DR and TUN go on lo; NAT VIPs need nothing on the realserver.
+	VIPs []VIP `json:"vips,omitempty"`
+	// NATSources are the realserver's inside addresses whose replies must go
+	// through NATGateway.
+	NATSources []netip.Addr `json:"nat_sources,omitempty"`
+	NATGateway netip.Addr   `json:"nat_gateway,omitzero"`
+	// TunnelSources are the outer source addresses (directors) accepted for
+	// IP-in-IP, where the decapsulation can filter on them.
+	TunnelSources []netip.Addr `json:"tunnel_sources,omitempty"`
+}
+
+// ErrInvalidConfig marks a desired configuration the agent refuses to apply.
+var ErrInvalidConfig = errors.New("invalid desired config")
+
+// DesiredFromProto converts and validates a WatchConfigResponse. An error names
+// the offending field; nothing of an invalid generation is applied.
+func DesiredFromProto(m *raftlbv1.WatchConfigResponse) (Desired, error) {
+	d := Desired{Generation: m.GetGeneration()}
+	var errs []error
+	seen := map[netip.Addr]int{}
+	for i, v := range m.GetVips() {
+		a, err := parseV4(v.GetVip())
+		if err != nil {
+			errs = append(errs, fmt.Errorf("vips[%d].vip: %w", i, err))
+			continue
+		}
+		var meth Method
+		switch v.GetMethod() {
+		case raftlbv1.ForwardingMethod_FORWARDING_METHOD_DR:
+			meth = MethodDR
+		case raftlbv1.ForwardingMethod_FORWARDING_METHOD_TUN:
+			meth = MethodTUN
+		case raftlbv1.ForwardingMethod_FORWARDING_METHOD_NAT:
+			meth = MethodNAT
+		default:
+			errs = append(errs, fmt.Errorf("vips[%d].method: %s is not a forwarding method", i, v.GetMethod()))
+			continue
+		}
+		// A VIP served both ways needs the union; TUN's needs include DR's.
+		if j, ok := seen[a]; ok {
+			if meth.needs() > d.VIPs[j].Method.needs() {
+				d.VIPs[j].Method = meth
+			}
+			continue
+		}
+		seen[a] = len(d.VIPs)
+		d.VIPs = append(d.VIPs, VIP{Addr: a, Method: meth})
+	}
+	for i, s := range m.GetNatSources() {
+		a, err := parseV4(s)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("nat_sources[%d]: %w", i, err))
+			continue
+		}
+		if !slices.Contains(d.NATSources, a) {
+			d.NATSources = append(d.NATSources, a)
+		}
+	}
+	if g := m.GetNatGateway(); g != "" {
+		a, err := parseV4(g)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("nat_gateway: %w", err))
+		}
+		d.NATGateway = a
+	}
+	if len(d.NATSources) > 0 && !d.NATGateway.IsValid() && len(errs) == 0 {
+		errs = append(errs, errors.New("nat_gateway: required with nat_sources"))
+	}
+	for i, s := range m.GetTunnelSources() {
+		a, err := parseV4(s)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("tunnel_sources[%d]: %w", i, err))
+			continue
+		}
+		if !slices.Contains(d.TunnelSources, a) {
+			d.TunnelSources = append(d.TunnelSources, a)
+		}
+	}
+	if len(errs) > 0 {
+		return Desired{}, fmt.Errorf("%w: %w", ErrInvalidConfig, errors.Join(errs...))
+	}
+	return d, nil
+}
+
+func parseV4(s string) (netip.Addr, error) {
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("parse address: %w", err)
+	}
+	if !a.Is4() || a.IsUnspecified() {
+		return netip.Addr{}, fmt.Errorf("%s is not a unicast IPv4 address", a)
+	}
+	return a, nil
+}
+
+func (d Desired) equal(o Desired) bool {
+	return d.Generation == o.Generation && slices.Equal(d.VIPs, o.VIPs) && slices.Equal(d.NATSources, o.NATSources) &&
+		d.NATGateway == o.NATGateway && slices.Equal(d.TunnelSources, o.TunnelSources)
+}
+
+// hasMethod reports whether any VIP uses one of the methods.
+func (d Desired) hasMethod(ms ...Method) bool {
+	for _, v := range d.VIPs {
+		if slices.Contains(ms, v.Method) {
+			return true
+		}
+	}
+	return false
+}
+
+// VIPStatus is what the agent achieved for one VIP.
+type VIPStatus struct {
+	VIP     netip.Addr
+	Applied bool
+	// Err says why it is not (fully) applied; empty when Applied.
+	Err string
+}
+
+// Status is the outcome of one reconcile pass.
+type Status struct {
+	// Generation is the desired generation the pass applied.
+	Generation uint64
+	VIPs       []VIPStatus
+	// DecapMode is DecapModeIPIP or DecapModeBPF while TUN VIPs are configured.
+	DecapMode string
+	// Err summarises every failure of the pass; nil when all is applied.
+	Err error
+}
+
+func (s Status) toProto(id string) *raftlbv1.ReportStatusRequest {
+	r := &raftlbv1.ReportStatusRequest{Id: id, AppliedGeneration: s.Generation, DecapMode: s.DecapMode}
+	for _, v := range s.VIPs {
+		r.Vips = append(r.Vips, &raftlbv1.VipResult{Vip: v.VIP.String(), Applied: v.Applied, Error: v.Err})
+	}
+	if s.Err != nil {
+		r.Error = s.Err.Error()
+	}
+	return r
+}

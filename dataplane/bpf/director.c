@@ -1,0 +1,663 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Director programs. XDP on the front interface answers ARP and ICMP echo
+ * for owned addresses and forwards DR and TUN services; NAT services go up
+ * to the TC programs, which translate and redirect with neighbour
+ * resolution. XDP on the inside interface answers for the NAT gateway.
+ * Everything addressed to an owned address is either handled or dropped.
+ */
+#include "lb.h"
+
+struct arp_eth {
+	__be16 htype;
+	__be16 ptype;
+	__u8 hlen;
+	__u8 plen;
+	__be16 op;
+	__u8 sha[ETH_ALEN];
+	__u8 spa[4];
+	__u8 tha[ETH_ALEN];
+	__u8 tpa[4];
+} __attribute__((packed));
+
+static __always_inline int mac_zero(const __u8 *m)
+{
+	return (m[0] | m[1] | m[2] | m[3] | m[4] | m[5]) == 0;
+}
+
+static __always_inline struct owned *owned_live(__be32 addr, __u32 role, __u64 now)
+{
+	struct owned *o = bpf_map_lookup_elem(&owned, &addr);
+
+	if (!o || !(o->flags & role) || !lease_valid(o->lease_idx, now))
+		return NULL;
+	return o;
+}
+
+static __always_inline int xdp_arp(struct xdp_md *ctx, struct ethhdr *eth, void *data_end,
+				   __u32 role, struct config *c)
+{
+	struct arp_eth *a = (void *)(eth + 1);
+	const __u8 *mymac = role == OWN_FRONT ? c->front_mac : c->inside_mac;
+	__be32 tpa, spa;
+
+	if ((void *)(a + 1) > data_end)
+		goto pass;
+	if (a->htype != bpf_htons(ARPHRD_ETHER) || a->ptype != bpf_htons(ETH_P_IP) ||
+	    a->hlen != ETH_ALEN || a->plen != 4 || a->op != bpf_htons(ARPOP_REQUEST))
+		goto pass;
+	__builtin_memcpy(&tpa, a->tpa, 4);
+	__builtin_memcpy(&spa, a->spa, 4);
+	/* Someone else announcing the address: not a question for us. */
+	if (spa == tpa)
+		goto pass;
+	if (!owned_live(tpa, role, bpf_ktime_get_ns()))
+		goto pass;
+
+	__builtin_memcpy(eth->h_dest, a->sha, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, mymac, ETH_ALEN);
+	a->op = bpf_htons(ARPOP_REPLY);
+	__builtin_memcpy(a->tha, a->sha, ETH_ALEN);
+	__builtin_memcpy(a->tpa, &spa, 4);
+	__builtin_memcpy(a->sha, mymac, ETH_ALEN);
+	__builtin_memcpy(a->spa, &tpa, 4);
+	count(R_XDP_TX_ARP_REPLY);
+	return XDP_TX;
+pass:
+	count(R_XDP_PASS_ARP);
+	return XDP_PASS;
+}
+
+static __always_inline int xdp_dr(struct ethhdr *eth, struct real *rs, struct config *c)
+{
+	if (mac_zero(rs->mac)) {
+		count(R_DROP_NO_NEIGH);
+		return XDP_DROP;
+	}
+	__builtin_memcpy(eth->h_dest, rs->mac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, c->front_mac, ETH_ALEN);
+	count(R_XDP_TX_DR);
+	return XDP_TX;
+}
+
+static __always_inline int xdp_tun(struct xdp_md *ctx, struct real *rs, struct config *c)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *inner = (void *)(eth + 1), *outer;
+	__u8 mac[ETH_ALEN];
+	__be32 daddr = rs->addr;
+	__u16 inner_len;
+	__be16 df;
+	__u8 tos;
+
+	if (mac_zero(rs->mac)) {
+		count(R_DROP_NO_NEIGH);
+		return XDP_DROP;
+	}
+	__builtin_memcpy(mac, rs->mac, ETH_ALEN);
+	if ((void *)(inner + 1) > data_end)
+		return XDP_DROP;
+	inner_len = bpf_ntohs(inner->tot_len);
+	tos = inner->tos;
+	df = inner->frag_off & bpf_htons(IP_DF);
+
+	if (bpf_xdp_adjust_head(ctx, -(int)sizeof(struct iphdr))) {
+		count(R_DROP_ERROR);
+		return XDP_DROP;
+	}
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	eth = data;
+	outer = (void *)(eth + 1);
+	if ((void *)(outer + 1) > data_end) {
+		count(R_DROP_ERROR);
+		return XDP_DROP;
+	}
+	__builtin_memcpy(eth->h_dest, mac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, c->front_mac, ETH_ALEN);
+	eth->h_proto = bpf_htons(ETH_P_IP);
+	outer->version = 4;
+	outer->ihl = 5;
+	outer->tos = tos;
+	outer->tot_len = bpf_htons(inner_len + sizeof(struct iphdr));
+	outer->id = 0;
+	outer->frag_off = df;
+	outer->ttl = 64;
+	outer->protocol = IPPROTO_IPIP;
+	outer->check = 0;
+	outer->saddr = c->front_addr;
+	outer->daddr = daddr;
+	outer->check = ip_csum(outer);
+	count(R_XDP_TX_TUN);
+	return XDP_TX;
+}
+
+static __always_inline int xdp_echo(struct ethhdr *eth, struct iphdr *ip, struct icmphdr *icmp)
+{
+	__u8 tmp[ETH_ALEN];
+	__u16 old = *(__u16 *)icmp;
+	__be32 a;
+
+	icmp->type = ICMP_ECHOREPLY;
+	icmp->checksum = csum_replace2(icmp->checksum, old, *(__u16 *)icmp);
+	a = ip->saddr;
+	ip->saddr = ip->daddr;
+	ip->daddr = a;
+	ip->ttl = 64;
+	ip->check = 0;
+	ip->check = ip_csum(ip);
+	__builtin_memcpy(tmp, eth->h_source, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
+	__builtin_memcpy(eth->h_dest, tmp, ETH_ALEN);
+	count(R_XDP_TX_ICMP_ECHO);
+	return XDP_TX;
+}
+
+/* An ICMP error about a packet a realserver sent from a VIP goes to that
+ * realserver, so path-MTU discovery works through the director. */
+static __always_inline int xdp_icmp_error(struct xdp_md *ctx, struct ethhdr *eth, struct iphdr *ip,
+					  struct icmphdr *icmp, void *data_end,
+					  struct config *c, __u64 now)
+{
+	struct iphdr *in = (void *)(icmp + 1);
+	struct conn_key key = {};
+	struct svc_key sk = {};
+	struct conn *cn;
+	struct real *rs;
+	struct svc *s;
+	__be16 *ports;
+	__u32 idx;
+
+	if ((void *)(in + 1) > data_end)
+		goto truncated;
+	if (in->ihl != 5 || in->saddr != ip->daddr ||
+	    (in->protocol != IPPROTO_TCP && in->protocol != IPPROTO_UDP)) {
+		count(R_DROP_ICMP_NO_CONN);
+		return XDP_DROP;
+	}
+	ports = (void *)(in + 1);
+	if ((void *)(ports + 2) > data_end)
+		goto truncated;
+	sk.addr = in->saddr;
+	sk.port = ports[0];
+	sk.proto = in->protocol;
+	s = bpf_map_lookup_elem(&services, &sk);
+	if (!s) {
+		count(R_DROP_NO_SERVICE);
+		return XDP_DROP;
+	}
+	if (!lease_valid(s->lease_idx, now)) {
+		count(R_DROP_NO_LEASE);
+		return XDP_DROP;
+	}
+	key.saddr = in->daddr;
+	key.daddr = in->saddr;
+	key.sport = ports[1];
+	key.dport = ports[0];
+	key.proto = in->protocol;
+	cn = bpf_map_lookup_elem(&conns, &key);
+	if (!cn)
+		goto noconn;
+	idx = cn->rs_idx;
+	rs = bpf_map_lookup_elem(&reals, &idx);
+	if (!rs || !(rs->flags & RS_VALID) || rs->addr != cn->rs_addr)
+		goto noconn;
+	account(s->id, idx, data_end - (void *)(long)ctx->data);
+	if (rs->method == METHOD_DR) {
+		count(R_XDP_TX_ICMP_ERROR);
+		return xdp_dr(eth, rs, c);
+	}
+	if (rs->method == METHOD_TUN) {
+		count(R_XDP_TX_ICMP_ERROR);
+		return xdp_tun(ctx, rs, c);
+	}
+	/* NAT realservers would need the embedded header rewritten too. */
+noconn:
+	count(R_DROP_ICMP_NO_CONN);
+	return XDP_DROP;
+truncated:
+	count(R_DROP_TRUNCATED);
+	return XDP_DROP;
+}
+
+static __always_inline int drop_if_owned(__be32 daddr, __u32 r)
+{
+	if (bpf_map_lookup_elem(&owned, &daddr)) {
+		count(r);
+		return XDP_DROP;
+	}
+	count(R_XDP_PASS_NOT_OWNED);
+	return XDP_PASS;
+}
+
+static __always_inline int xdp_main(struct xdp_md *ctx, __u32 role)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct svc_key sk = {};
+	struct flow f = {};
+	struct config *c;
+	struct iphdr *ip;
+	struct real *rs;
+	struct svc *s;
+	__u64 now;
+	__u32 idx;
+
+	if ((void *)(eth + 1) > data_end)
+		goto not_ip;
+	c = get_cfg();
+	if (!c)
+		return XDP_PASS;
+	if (eth->h_proto == bpf_htons(ETH_P_ARP))
+		return xdp_arp(ctx, eth, data_end, role, c);
+	if (eth->h_proto != bpf_htons(ETH_P_IP))
+		goto not_ip;
+	ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > data_end || ip->version != 4)
+		goto not_ip; /* the kernel drops what it cannot parse */
+	if (ip->ihl != 5)
+		return drop_if_owned(ip->daddr, R_DROP_IP_OPTIONS);
+	if (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET))
+		return drop_if_owned(ip->daddr, R_DROP_FRAGMENT);
+
+	if (ip->protocol == IPPROTO_ICMP) {
+		struct icmphdr *icmp = (void *)(ip + 1);
+
+		if (!bpf_map_lookup_elem(&owned, &ip->daddr)) {
+			count(R_XDP_PASS_NOT_OWNED);
+			return XDP_PASS;
+		}
+		if ((void *)(icmp + 1) > data_end) {
+			count(R_DROP_TRUNCATED);
+			return XDP_DROP;
+		}
+		now = bpf_ktime_get_ns();
+		if (icmp->type == ICMP_ECHO && icmp->code == 0) {
+			if (!owned_live(ip->daddr, role, now)) {
+				count(R_DROP_NO_LEASE);
+				return XDP_DROP;
+			}
+			return xdp_echo(eth, ip, icmp);
+		}
+		if (role == OWN_FRONT &&
+		    (icmp->type == ICMP_DEST_UNREACH || icmp->type == ICMP_TIME_EXCEEDED))
+			return xdp_icmp_error(ctx, eth, ip, icmp, data_end, c, now);
+		count(R_DROP_PROTO);
+		return XDP_DROP;
+	}
+	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
+		return drop_if_owned(ip->daddr, R_DROP_PROTO);
+
+	f.key.saddr = ip->saddr;
+	f.key.daddr = ip->daddr;
+	f.key.proto = ip->protocol;
+	if (ip->protocol == IPPROTO_TCP) {
+		struct tcphdr *th = (void *)(ip + 1);
+
+		if ((void *)(th + 1) > data_end)
+			return drop_if_owned(ip->daddr, R_DROP_TRUNCATED);
+		f.key.sport = th->source;
+		f.key.dport = th->dest;
+		f.syn = th->syn;
+		f.ack = th->ack;
+		f.fin = th->fin;
+		f.rst = th->rst;
+	} else {
+		struct udphdr *uh = (void *)(ip + 1);
+
+		if ((void *)(uh + 1) > data_end)
+			return drop_if_owned(ip->daddr, R_DROP_TRUNCATED);
+		f.key.sport = uh->source;
+		f.key.dport = uh->dest;
+	}
+
+	sk.addr = ip->daddr;
+	sk.port = f.key.dport;
+	sk.proto = ip->protocol;
+	s = bpf_map_lookup_elem(&services, &sk);
+	if (!s)
+		return drop_if_owned(ip->daddr, R_DROP_NO_SERVICE);
+	if (role != OWN_FRONT) {
+		count(R_DROP_NO_SERVICE);
+		return XDP_DROP;
+	}
+	now = bpf_ktime_get_ns();
+	if (!lease_valid(s->lease_idx, now)) {
+		count(R_DROP_NO_LEASE);
+		return XDP_DROP;
+	}
+	f.len = data_end - data;
+	rs = conn_select(s, &f, now, &idx);
+	if (!rs) {
+		count(R_DROP_NO_REAL);
+		return XDP_DROP;
+	}
+	switch (rs->method) {
+	case METHOD_DR:
+		account(s->id, idx, f.len);
+		return xdp_dr(eth, rs, c);
+	case METHOD_TUN:
+		/* A GSO packet (generic XDP) must be encapsulated where the
+		 * kernel learns it is a tunnel, or segmenting it fails later. */
+		if (f.len - ETH_HLEN + sizeof(struct iphdr) > c->front_mtu) {
+			count(R_XDP_PASS_OVERSIZE);
+			return XDP_PASS;
+		}
+		account(s->id, idx, f.len);
+		return xdp_tun(ctx, rs, c);
+	case METHOD_NAT:
+		/* TC translates; it finds the connection recorded above. */
+		count(R_XDP_PASS_NAT);
+		return XDP_PASS;
+	}
+	count(R_DROP_ERROR);
+	return XDP_DROP;
+not_ip:
+	count(R_XDP_PASS_NOT_IP);
+	return XDP_PASS;
+}
+
+SEC("xdp")
+int xdp_front(struct xdp_md *ctx)
+{
+	return xdp_main(ctx, OWN_FRONT);
+}
+
+SEC("xdp")
+int xdp_inside(struct xdp_md *ctx)
+{
+	return xdp_main(ctx, OWN_INSIDE);
+}
+
+#define IP_CSUM_OFF (ETH_HLEN + offsetof(struct iphdr, check))
+#define IP_SRC_OFF (ETH_HLEN + offsetof(struct iphdr, saddr))
+#define IP_DST_OFF (ETH_HLEN + offsetof(struct iphdr, daddr))
+#define L4_OFF (ETH_HLEN + sizeof(struct iphdr))
+
+/* Parsed view of an IPv4 TCP/UDP skb with a 20-byte IP header. */
+struct tc_pkt {
+	struct flow f;
+	__u32 l4_csum_off;
+	__u64 mangled0;
+	int owned_dst;
+};
+
+enum { TC_NOT_L4 = 0, TC_L4 = 1, TC_BAD = 2 };
+
+static __always_inline int tc_parse(struct __sk_buff *skb, struct tc_pkt *p)
+{
+	void *data, *data_end;
+	struct ethhdr *eth;
+	struct iphdr *ip;
+	__u32 need = ETH_HLEN + sizeof(struct iphdr) + sizeof(struct tcphdr);
+
+	if (skb->protocol != bpf_htons(ETH_P_IP))
+		return TC_NOT_L4;
+	if (skb->len < need)
+		need = skb->len;
+	if ((void *)(long)skb->data + need > (void *)(long)skb->data_end)
+		bpf_skb_pull_data(skb, need);
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	eth = data;
+	ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
+		return TC_NOT_L4;
+	p->owned_dst = bpf_map_lookup_elem(&owned, &ip->daddr) != NULL;
+	if (ip->ihl != 5 || (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET)))
+		return TC_BAD;
+	p->f.key.saddr = ip->saddr;
+	p->f.key.daddr = ip->daddr;
+	p->f.key.proto = ip->protocol;
+	p->f.len = skb->len;
+	if (ip->protocol == IPPROTO_TCP) {
+		struct tcphdr *th = (void *)(ip + 1);
+
+		if ((void *)(th + 1) > data_end)
+			return TC_BAD;
+		p->f.key.sport = th->source;
+		p->f.key.dport = th->dest;
+		p->f.syn = th->syn;
+		p->f.ack = th->ack;
+		p->f.fin = th->fin;
+		p->f.rst = th->rst;
+		p->l4_csum_off = L4_OFF + offsetof(struct tcphdr, check);
+		p->mangled0 = 0;
+		return TC_L4;
+	}
+	if (ip->protocol == IPPROTO_UDP) {
+		struct udphdr *uh = (void *)(ip + 1);
+
+		if ((void *)(uh + 1) > data_end)
+			return TC_BAD;
+		p->f.key.sport = uh->source;
+		p->f.key.dport = uh->dest;
+		p->l4_csum_off = L4_OFF + offsetof(struct udphdr, check);
+		/* A zero UDP checksum means "none" and must stay zero. */
+		p->mangled0 = BPF_F_MARK_MANGLED_0;
+		return TC_L4;
+	}
+	return TC_NOT_L4;
+}
+
+/* Rewrite one address and one port, keeping IP and L4 checksums right for
+ * full and partial (offloaded) checksums alike. */
+static __always_inline int tc_rewrite(struct __sk_buff *skb, struct tc_pkt *p, __u32 addr_off,
+				      __be32 old_addr, __be32 new_addr, __u32 port_off,
+				      __be16 old_port, __be16 new_port)
+{
+	if (bpf_l4_csum_replace(skb, p->l4_csum_off, old_addr, new_addr,
+				BPF_F_PSEUDO_HDR | p->mangled0 | sizeof(new_addr)))
+		return -1;
+	if (bpf_l4_csum_replace(skb, p->l4_csum_off, old_port, new_port,
+				p->mangled0 | sizeof(new_port)))
+		return -1;
+	if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, old_addr, new_addr, sizeof(new_addr)))
+		return -1;
+	if (bpf_skb_store_bytes(skb, addr_off, &new_addr, sizeof(new_addr), 0))
+		return -1;
+	if (bpf_skb_store_bytes(skb, port_off, &new_port, sizeof(new_port), 0))
+		return -1;
+	return 0;
+}
+
+/* DR and TUN for what XDP passed up: GSO packets too big to encapsulate
+ * there, or everything when no XDP program runs. */
+static __always_inline int tc_forward(struct __sk_buff *skb, struct real *rs, struct config *c)
+{
+	struct ethhdr eth = { .h_proto = bpf_htons(ETH_P_IP) };
+	void *data, *data_end;
+	struct iphdr *in, outer = {};
+	__u32 len;
+
+	if (mac_zero(rs->mac)) {
+		count(R_DROP_NO_NEIGH);
+		return TC_ACT_SHOT;
+	}
+	__builtin_memcpy(eth.h_dest, rs->mac, ETH_ALEN);
+	__builtin_memcpy(eth.h_source, c->front_mac, ETH_ALEN);
+	if (rs->method == METHOD_TUN) {
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
+		in = data + ETH_HLEN;
+		if ((void *)(in + 1) > data_end)
+			return TC_ACT_SHOT;
+		len = bpf_ntohs(in->tot_len) + sizeof(outer);
+		outer.version = 4;
+		outer.ihl = 5;
+		outer.tos = in->tos;
+		/* GSO segmentation rewrites it per segment anyway. */
+		outer.tot_len = bpf_htons(len > 0xffff ? 0xffff : len);
+		outer.frag_off = in->frag_off & bpf_htons(IP_DF);
+		outer.ttl = 64;
+		outer.protocol = IPPROTO_IPIP;
+		outer.saddr = c->front_addr;
+		outer.daddr = rs->addr;
+		outer.check = ip_csum(&outer);
+		if (bpf_skb_adjust_room(skb, sizeof(outer), BPF_ADJ_ROOM_MAC,
+					BPF_F_ADJ_ROOM_ENCAP_L3_IPV4) ||
+		    bpf_skb_store_bytes(skb, ETH_HLEN, &outer, sizeof(outer), 0)) {
+			count(R_DROP_ERROR);
+			return TC_ACT_SHOT;
+		}
+		count(R_TC_TX_TUN);
+	} else {
+		count(R_TC_TX_DR);
+	}
+	if (bpf_skb_store_bytes(skb, 0, &eth, sizeof(eth), 0)) {
+		count(R_DROP_ERROR);
+		return TC_ACT_SHOT;
+	}
+	return bpf_redirect(c->front_ifindex, 0);
+}
+
+SEC("tc")
+int tc_front(struct __sk_buff *skb)
+{
+	struct tc_pkt p = {};
+	struct svc_key sk = {};
+	struct config *c;
+	struct real *rs;
+	struct svc *s;
+	__u64 now;
+	__u32 idx;
+	int r;
+
+	r = tc_parse(skb, &p);
+	if (r != TC_L4) {
+		if (p.owned_dst) {
+			count(r == TC_BAD ? R_DROP_TRUNCATED : R_DROP_PROTO);
+			return TC_ACT_SHOT;
+		}
+		count(R_TC_PASS);
+		return TC_ACT_OK;
+	}
+	sk.addr = p.f.key.daddr;
+	sk.port = p.f.key.dport;
+	sk.proto = p.f.key.proto;
+	s = bpf_map_lookup_elem(&services, &sk);
+	if (!s) {
+		if (p.owned_dst) {
+			count(R_DROP_NO_SERVICE);
+			return TC_ACT_SHOT;
+		}
+		count(R_TC_PASS);
+		return TC_ACT_OK;
+	}
+	c = get_cfg();
+	if (!c)
+		return TC_ACT_SHOT;
+	now = bpf_ktime_get_ns();
+	if (!lease_valid(s->lease_idx, now)) {
+		count(R_DROP_NO_LEASE);
+		return TC_ACT_SHOT;
+	}
+	rs = conn_select(s, &p.f, now, &idx);
+	if (!rs) {
+		count(R_DROP_NO_REAL);
+		return TC_ACT_SHOT;
+	}
+	if (rs->method == METHOD_TUN || rs->method == METHOD_DR) {
+		account(s->id, idx, p.f.len);
+		return tc_forward(skb, rs, c);
+	}
+	if (rs->method != METHOD_NAT) {
+		count(R_TC_DROP_METHOD);
+		return TC_ACT_SHOT;
+	}
+	if (tc_rewrite(skb, &p, IP_DST_OFF, p.f.key.daddr, rs->addr,
+		       L4_OFF + offsetof(struct tcphdr, dest), p.f.key.dport, rs->port)) {
+		count(R_DROP_ERROR);
+		return TC_ACT_SHOT;
+	}
+	account(s->id, idx, p.f.len);
+	count(R_TC_NAT_IN);
+	return bpf_redirect_neigh(c->inside_ifindex, NULL, 0, 0);
+}
+
+SEC("tc")
+int tc_inside(struct __sk_buff *skb)
+{
+	struct tc_pkt p = {};
+	struct rnat_key rk = {};
+	struct conn_key ck = {};
+	struct svc_key sk = {};
+	struct config *c;
+	struct conn *cn;
+	struct rnat *rv;
+	struct svc *s;
+	__be32 vip;
+	__be16 vport;
+	__u64 now;
+	int r;
+
+	r = tc_parse(skb, &p);
+	if (r != TC_L4) {
+		if (p.owned_dst) {
+			count(r == TC_BAD ? R_DROP_TRUNCATED : R_DROP_PROTO);
+			return TC_ACT_SHOT;
+		}
+		count(R_TC_PASS);
+		return TC_ACT_OK;
+	}
+	rk.saddr = p.f.key.saddr;
+	rk.daddr = p.f.key.daddr;
+	rk.sport = p.f.key.sport;
+	rk.dport = p.f.key.dport;
+	rk.proto = p.f.key.proto;
+	rv = bpf_map_lookup_elem(&rnat, &rk);
+	if (!rv) {
+		if (p.owned_dst) {
+			count(R_DROP_NO_SERVICE);
+			return TC_ACT_SHOT;
+		}
+		count(R_TC_PASS);
+		return TC_ACT_OK;
+	}
+	vip = rv->vip;
+	vport = rv->vport;
+	sk.addr = vip;
+	sk.port = vport;
+	sk.proto = p.f.key.proto;
+	s = bpf_map_lookup_elem(&services, &sk);
+	c = get_cfg();
+	if (!s || !c) {
+		count(R_TC_DROP_NAT_NO_CONN);
+		return TC_ACT_SHOT;
+	}
+	now = bpf_ktime_get_ns();
+	if (!lease_valid(s->lease_idx, now)) {
+		count(R_DROP_NO_LEASE);
+		return TC_ACT_SHOT;
+	}
+	ck.saddr = p.f.key.daddr;
+	ck.daddr = vip;
+	ck.sport = p.f.key.dport;
+	ck.dport = vport;
+	ck.proto = p.f.key.proto;
+	cn = bpf_map_lookup_elem(&conns, &ck);
+	if (!cn) {
+		/* Expired: the sweeper removes the reverse entry next. */
+		count(R_TC_DROP_NAT_NO_CONN);
+		return TC_ACT_SHOT;
+	}
+	cn->last_seen_ns = now;
+	if (p.f.rst && cn->state != ST_CLOSE) {
+		cn->state = ST_CLOSE;
+		cn->event_ns = now;
+		emit(EV_STATE, &ck, cn, now);
+	}
+	account(s->id, cn->rs_idx, p.f.len);
+	if (tc_rewrite(skb, &p, IP_SRC_OFF, p.f.key.saddr, vip,
+		       L4_OFF + offsetof(struct tcphdr, source), p.f.key.sport, vport)) {
+		count(R_DROP_ERROR);
+		return TC_ACT_SHOT;
+	}
+	count(R_TC_NAT_OUT);
+	return bpf_redirect_neigh(c->front_ifindex, NULL, 0, 0);
+}
+
+char LICENSE[] SEC("license") = "GPL";

@@ -1,0 +1,433 @@
+package dataplane
+
+import (
+	"context"
+	"errors"
+	"math"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+
+	"github.com/raftlb/raftlb/dataplane/internal/pkt"
+)
+
+var addrCmp = cmpopts.EquateComparable(netip.Addr{}, netip.AddrPort{})
+
+func connByKey(t *testing.T, d *Dataplane, k ConnKey) (Conn, bool) {
+	t.Helper()
+	cs, err := d.Connections()
+	if err != nil {
+		t.Fatalf("connections: %v", err)
+	}
+	for _, c := range cs {
+		if c.Key == k {
+			return c, true
+		}
+	}
+	return Conn{}, false
+}
+
+func TestConnStates(t *testing.T) {
+	d := newTestDataplane(t, Config{})
+	mustApply(t, d, State{Services: []Service{service(MH, reals(DR, 80, 3))}})
+	grantLease(t, d, vip)
+	key := ConnKey{Proto: TCP, Client: netip.AddrPortFrom(client, 40000), VIP: netip.AddrPortFrom(vip, 80)}
+	steps := []struct {
+		flags uint8
+		want  ConnState
+	}{
+		{pkt.SYN, StateSynRecv},
+		{pkt.SYN, StateSynRecv}, // retransmit
+		{pkt.ACK, StateEstablished},
+		{pkt.ACK | pkt.PSH, StateEstablished},
+		{pkt.FIN | pkt.ACK, StateFinWait},
+		{pkt.ACK, StateFinWait},
+		{pkt.RST, StateClose},
+		{pkt.ACK, StateClose},
+		{pkt.SYN, StateSynRecv}, // port reuse
+		{pkt.ACK, StateEstablished},
+		{pkt.RST | pkt.ACK, StateClose},
+	}
+	var first int
+	for i, s := range steps {
+		v, out := run(t, d.objs.XdpFront, tcpFrame(client, 40000, vip, 80, s.flags, nil))
+		if v != xdpTX {
+			t.Fatalf("step %d: verdict %d", i, v)
+		}
+		if i == 0 {
+			first = rsOf(out)
+		} else if rsOf(out) != first {
+			t.Fatalf("step %d: went to rs%d, connection is on rs%d", i, rsOf(out), first)
+		}
+		c, ok := connByKey(t, d, key)
+		if !ok {
+			t.Fatalf("step %d: no connection", i)
+		}
+		if c.State != s.want {
+			t.Errorf("step %d (flags %#x): state %s, want %s", i, s.flags, c.State, s.want)
+		}
+	}
+	c, _ := connByKey(t, d, key)
+	want := Conn{Key: key, Real: netip.AddrPortFrom(rsFront(first), 80), Method: DR, State: StateClose}
+	if diff := cmp.Diff(want, c, cmpopts.IgnoreFields(Conn{}, "LastSeen"), addrCmp); diff != "" {
+		t.Errorf("connection (-want +got):\n%s", diff)
+	}
+	if age := time.Since(c.LastSeen); age < -time.Second || age > time.Second {
+		t.Errorf("last seen %v ago", age)
+	}
+}
+
+// Existing connections keep their realserver through drains and set
+// changes; a removed realserver's connections are rescheduled.
+func TestDrainAndRemove(t *testing.T) {
+	d := newTestDataplane(t, Config{})
+	rs := reals(DR, 80, 3)
+	mustApply(t, d, State{Services: []Service{service(MH, rs)}})
+	grantLease(t, d, vip)
+
+	// One connection per realserver.
+	owner := map[int]uint16{}
+	for p := uint16(20000); len(owner) < 3 && p < 21000; p++ {
+		_, out := run(t, d.objs.XdpFront, tcpFrame(client, p, vip, 80, pkt.SYN, nil))
+		if _, ok := owner[rsOf(out)]; !ok {
+			owner[rsOf(out)] = p
+		}
+	}
+	if len(owner) != 3 {
+		t.Fatalf("connections reached %d realservers", len(owner))
+	}
+	check := func(step string, want map[int]int) {
+		t.Helper()
+		for i := 1; i <= 3; i++ {
+			_, out := run(t, d.objs.XdpFront, tcpFrame(client, owner[i], vip, 80, pkt.ACK, nil))
+			if got := rsOf(out); got != want[i] {
+				t.Errorf("%s: connection of rs%d went to rs%d, want rs%d", step, i, got, want[i])
+			}
+		}
+	}
+	newConns := func(step string) map[int]int {
+		t.Helper()
+		n := map[int]int{}
+		for p := uint16(30000); p < 30300; p++ {
+			_, out := run(t, d.objs.XdpFront, tcpFrame(netip.MustParseAddr("192.0.2.101"), p, vip, 80, pkt.SYN, nil))
+			n[rsOf(out)]++
+		}
+		return n
+	}
+
+	rs[1].Drain = true
+	mustApply(t, d, State{Services: []Service{service(MH, rs)}})
+	check("rs2 drained", map[int]int{1: 1, 2: 2, 3: 3})
+	if n := newConns("drained"); n[2] != 0 {
+		t.Errorf("drained rs2 got %d new connections", n[2])
+	}
+	rs[1].Drain = false
+	rs[2].Weight = 0
+	mustApply(t, d, State{Services: []Service{service(MH, rs)}})
+	check("rs3 weight 0", map[int]int{1: 1, 2: 2, 3: 3})
+
+	// Adding a realserver moves no existing connection.
+	rs[2].Weight = 1
+	rs4 := Realserver{Addr: netip.MustParseAddr("192.0.2.14"), Port: 80, Weight: 1, Method: DR}
+	mustApply(t, d, State{Services: []Service{service(MH, append(rs, rs4))}})
+	check("rs4 added", map[int]int{1: 1, 2: 2, 3: 3})
+
+	// rs1 removed: its connection is rescheduled onto a live one.
+	before := counter(t, d, ReasonConnRescheduled)
+	mustApply(t, d, State{Services: []Service{service(MH, rs[1:])}})
+	_, out := run(t, d.objs.XdpFront, tcpFrame(client, owner[1], vip, 80, pkt.ACK, nil))
+	if got := rsOf(out); got != 2 && got != 3 {
+		t.Errorf("connection of removed rs1 went to rs%d", got)
+	}
+	if got := counter(t, d, ReasonConnRescheduled); got != before+1 {
+		t.Errorf("rescheduled counter %d, want %d", got, before+1)
+	}
+	if n := newConns("removed"); n[1] != 0 {
+		t.Errorf("removed rs1 got %d new connections", n[1])
+	}
+	check("after removal", map[int]int{1: rsOf(out), 2: 2, 3: 3})
+
+	// No eligible realserver: new connections are dropped, old ones live.
+	for i := range rs {
+		rs[i].Unhealthy = true
+	}
+	mustApply(t, d, State{Services: []Service{service(MH, rs[1:])}})
+	if v, _ := run(t, d.objs.XdpFront, tcpFrame(client, 50000, vip, 80, pkt.SYN, nil)); v != xdpDrop {
+		t.Errorf("no eligible realserver: verdict %d, want drop", v)
+	}
+	check("all unhealthy", map[int]int{1: rsOf(out), 2: 2, 3: 3})
+}
+
+func TestSchedulers(t *testing.T) {
+	const n = 6000
+	weighted := func(m Method) []Realserver {
+		rs := reals(m, 80, 3)
+		for i := range rs {
+			rs[i].Weight = uint32(i + 1)
+		}
+		return rs
+	}
+	for _, tc := range []struct {
+		sched Scheduler
+		rs    []Realserver
+		want  [4]float64 // share per realserver 1..3
+		tol   float64
+	}{
+		{MH, reals(DR, 80, 3), [4]float64{0, 1. / 3, 1. / 3, 1. / 3}, 0.03},
+		{MH, weighted(DR), [4]float64{0, 1. / 6, 2. / 6, 3. / 6}, 0.03},
+		{SH, weighted(DR), [4]float64{0, 1. / 6, 2. / 6, 3. / 6}, 0.03},
+		{RR, weighted(DR), [4]float64{0, 1. / 3, 1. / 3, 1. / 3}, 0.001},
+		{WRR, weighted(DR), [4]float64{0, 1. / 6, 2. / 6, 3. / 6}, 0.001},
+		{LC, weighted(DR), [4]float64{0, 1. / 3, 1. / 3, 1. / 3}, 0.001},
+		{WLC, weighted(DR), [4]float64{0, 1. / 6, 2. / 6, 3. / 6}, 0.001},
+	} {
+		t.Run(tc.sched.String(), func(t *testing.T) {
+			d := newTestDataplane(t, Config{})
+			mustApply(t, d, State{Services: []Service{service(tc.sched, tc.rs)}})
+			grantLease(t, d, vip)
+			var got [4]int
+			for i := range n {
+				// SH hashes the address only: vary it.
+				src := netip.AddrFrom4([4]byte{192, 0, 2, byte(100 + i%100)})
+				if tc.sched != SH {
+					src = client
+				}
+				v, out := run(t, d.objs.XdpFront, tcpFrame(src, uint16(10000+i), vip, 80, pkt.SYN, nil))
+				if v != xdpTX {
+					t.Fatalf("verdict %d", v)
+				}
+				got[rsOf(out)]++
+			}
+			if tc.sched == SH {
+				// Same client address, any port: same realserver.
+				_, a := run(t, d.objs.XdpFront, tcpFrame(client, 1, vip, 80, pkt.SYN, nil))
+				_, b := run(t, d.objs.XdpFront, tcpFrame(client, 2, vip, 80, pkt.SYN, nil))
+				if rsOf(a) != rsOf(b) {
+					t.Errorf("sh: one client on rs%d and rs%d", rsOf(a), rsOf(b))
+				}
+				// 100 addresses are too few for tight shares.
+				tc.tol = 0.15
+			}
+			for i := 1; i <= 3; i++ {
+				share := float64(got[i]) / n
+				if math.Abs(share-tc.want[i]) > tc.tol {
+					t.Errorf("rs%d: share %.4f, want %.4f±%.3f (counts %v)", i, share, tc.want[i], tc.tol, got[1:])
+				}
+			}
+			st, err := d.Stats()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var active int64
+			for _, a := range st.Active {
+				active += a
+			}
+			if active < n {
+				t.Errorf("active connections %d, want ≥ %d", active, n)
+			}
+		})
+	}
+}
+
+// The Go mirror of the hash predicts the programs' Maglev choice exactly.
+func TestMaglevPrediction(t *testing.T) {
+	d := newTestDataplane(t, Config{})
+	mustApply(t, d, State{Services: []Service{service(MH, reals(DR, 80, 3))}})
+	grantLease(t, d, vip)
+	si := d.st.svcs[service(MH, nil).ServiceKey]
+	for p := uint16(1000); p < 1200; p++ {
+		_, out := run(t, d.objs.XdpFront, tcpFrame(client, p, vip, 80, pkt.SYN, nil))
+		k := connKeyToWire(ConnKey{Proto: TCP, Client: netip.AddrPortFrom(client, p), VIP: netip.AddrPortFrom(vip, 80)})
+		want := d.st.realByIdx[si.table[mhSlot(k, uint32(len(si.table)))]]
+		if got := rsOf(out); rsFront(got) != want.rs.Addr {
+			t.Fatalf("port %d: rs%d, predicted %s", p, got, want.rs.Addr)
+		}
+	}
+}
+
+func TestPersistence(t *testing.T) {
+	d := newTestDataplane(t, Config{})
+	svc := service(RR, reals(DR, 80, 3))
+	svc.Persistence = time.Minute
+	mustApply(t, d, State{Services: []Service{svc}})
+	grantLease(t, d, vip)
+	seen := map[netip.Addr]int{}
+	for i := range 60 {
+		src := netip.AddrFrom4([4]byte{192, 0, 2, byte(100 + i%6)})
+		_, out := run(t, d.objs.XdpFront, tcpFrame(src, uint16(10000+i), vip, 80, pkt.SYN, nil))
+		if prev, ok := seen[src]; ok && prev != rsOf(out) {
+			t.Fatalf("client %s moved from rs%d to rs%d", src, prev, rsOf(out))
+		}
+		seen[src] = rsOf(out)
+	}
+	// A drained realserver gets no new connections, even persistent ones.
+	victim := seen[client]
+	svc.Realservers[victim-1].Drain = true
+	mustApply(t, d, State{Services: []Service{svc}})
+	_, out := run(t, d.objs.XdpFront, tcpFrame(client, 9999, vip, 80, pkt.SYN, nil))
+	if rsOf(out) == victim {
+		t.Errorf("drained rs%d got a persistent client's new connection", victim)
+	}
+	if err := d.Flush(nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A full table does not stop forwarding; the loss is counted.
+func TestTablesFull(t *testing.T) {
+	d := newTestDataplane(t, Config{ConnTableSize: 8, RingBufferSize: 4096})
+	mustApply(t, d, State{Services: []Service{service(MH, reals(DR, 80, 3))}})
+	grantLease(t, d, vip)
+	for p := range uint16(200) {
+		if v, _ := run(t, d.objs.XdpFront, tcpFrame(client, 10000+p, vip, 80, pkt.SYN, nil)); v != xdpTX {
+			t.Fatalf("port %d: verdict %d, want tx", p, v)
+		}
+	}
+	st, err := d.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Reasons[ReasonConnTableFull] != 192 {
+		t.Errorf("conn_table_full %d, want 192", st.Reasons[ReasonConnTableFull])
+	}
+	// 8 events of 48 bytes fit easily; fill the ring with state changes.
+	for range 100 {
+		for p := range uint16(8) {
+			run(t, d.objs.XdpFront, tcpFrame(client, 10000+p, vip, 80, pkt.ACK, nil))
+			run(t, d.objs.XdpFront, tcpFrame(client, 10000+p, vip, 80, pkt.SYN, nil))
+			run(t, d.objs.XdpFront, tcpFrame(client, 10000+p, vip, 80, pkt.RST, nil))
+		}
+	}
+	if st, _ := d.Stats(); st.Reasons[ReasonEventLost] == 0 {
+		t.Error("no event loss counted with a full ring")
+	}
+}
+
+func TestEventsAndExpiry(t *testing.T) {
+	d := newTestDataplane(t, Config{SweepInterval: 50 * time.Millisecond})
+	svc := service(MH, reals(DR, 80, 3))
+	svc.Timeouts = Timeouts{TCPSynRecv: 300 * time.Millisecond, TCPEstablished: 300 * time.Millisecond}
+	mustApply(t, d, State{Services: []Service{svc}})
+	grantLease(t, d, vip)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	events := make(chan Event, 100)
+	done := make(chan error, 1)
+	go func() {
+		done <- d.Run(ctx, func(evs []Event) {
+			for _, e := range evs {
+				events <- e
+			}
+		})
+	}()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("run: %v", err)
+		}
+	}()
+	key := ConnKey{Proto: TCP, Client: netip.AddrPortFrom(client, 40000), VIP: netip.AddrPortFrom(vip, 80)}
+	run(t, d.objs.XdpFront, tcpFrame(client, 40000, vip, 80, pkt.SYN, nil))
+	run(t, d.objs.XdpFront, tcpFrame(client, 40000, vip, 80, pkt.ACK, nil))
+	var got []string
+	timeout := time.After(5 * time.Second)
+	for len(got) < 3 {
+		select {
+		case e := <-events:
+			if e.Conn.Key != key {
+				t.Errorf("event for %s", e.Conn.Key)
+			}
+			got = append(got, e.Type.String()+" "+e.Conn.State.String())
+		case <-timeout:
+			t.Fatalf("events so far %v", got)
+		}
+	}
+	want := []string{"new SYN_RECV", "state ESTABLISHED", "close ESTABLISHED"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("events (-want +got):\n%s", diff)
+	}
+	if _, ok := connByKey(t, d, key); ok {
+		t.Error("expired connection still in the table")
+	}
+	st, err := d.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, a := range st.Active {
+		if a != 0 {
+			t.Errorf("%s: %d active after expiry", k.Real, a)
+		}
+	}
+}
+
+func TestInstallConnections(t *testing.T) {
+	d := newTestDataplane(t, Config{})
+	svc := service(MH, reals(DR, 80, 3))
+	mustApply(t, d, State{Services: []Service{svc}})
+	grantLease(t, d, vip)
+	// Find where Maglev would send the client, then install it elsewhere.
+	_, out := run(t, d.objs.XdpFront, tcpFrame(client, 40000, vip, 80, pkt.SYN, nil))
+	if err := d.Flush(&vip); err != nil {
+		t.Fatal(err)
+	}
+	target := rsOf(out)%3 + 1
+	key := ConnKey{Proto: TCP, Client: netip.AddrPortFrom(client, 40000), VIP: netip.AddrPortFrom(vip, 80)}
+	c := Conn{Key: key, Real: netip.AddrPortFrom(rsFront(target), 80), Method: DR, State: StateEstablished, LastSeen: time.Now()}
+	if err := d.InstallConnections([]Conn{c}); err != nil {
+		t.Fatal(err)
+	}
+	_, out = run(t, d.objs.XdpFront, tcpFrame(client, 40000, vip, 80, pkt.ACK, nil))
+	if got := rsOf(out); got != target {
+		t.Errorf("installed connection went to rs%d, want rs%d", got, target)
+	}
+	got, _ := connByKey(t, d, key)
+	if diff := cmp.Diff(c, got, cmpopts.EquateApproxTime(time.Second), addrCmp); diff != "" {
+		t.Errorf("connection (-want +got):\n%s", diff)
+	}
+	unknown := c
+	unknown.Real = netip.MustParseAddrPort("192.0.2.99:80")
+	if err := d.InstallConnections([]Conn{unknown}); !errors.Is(err, ErrUnknownRealserver) {
+		t.Errorf("unknown realserver: %v, want ErrUnknownRealserver", err)
+	}
+	if err := d.DeleteConnections([]ConnKey{key}); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := connByKey(t, d, key); ok {
+		t.Error("deleted connection still there")
+	}
+}
+
+func TestApplyValidation(t *testing.T) {
+	d := newTestDataplane(t, Config{})
+	for _, tc := range []struct {
+		name string
+		s    State
+	}{
+		{"ipv6 vip", State{Services: []Service{{ServiceKey: ServiceKey{VIP: netip.MustParseAddr("2001:db8::1"), Port: 80, Proto: TCP}}}}},
+		{"port 0", State{Services: []Service{{ServiceKey: ServiceKey{VIP: vip, Proto: TCP}}}}},
+		{"dr port change", State{Services: []Service{service(MH, reals(DR, 81, 1))}}},
+		{"duplicate service", State{Services: []Service{service(MH, nil), service(RR, nil)}}},
+		{"duplicate realserver", State{Services: []Service{service(MH, append(reals(DR, 80, 1), reals(DR, 80, 1)...))}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := d.Apply(tc.s); !errors.Is(err, ErrInvalid) {
+				t.Errorf("got %v, want ErrInvalid", err)
+			}
+		})
+	}
+	// Idempotent: the same state twice leaves the same indexes and tables.
+	s := State{Services: []Service{service(MH, reals(DR, 80, 3))}}
+	mustApply(t, d, s)
+	si := d.st.svcs[s.Services[0].ServiceKey]
+	tbl := d.st.tables[si.id]
+	mustApply(t, d, s)
+	if d.st.tables[si.id] != tbl {
+		t.Error("unchanged service got a new table")
+	}
+	if int(numReasons) != int(d.objs.Reasons.MaxEntries()) {
+		t.Errorf("Go knows %d reasons, the programs %d", numReasons, d.objs.Reasons.MaxEntries())
+	}
+}

@@ -1,0 +1,2 @@
+// Package dataplane is the director's packet path.
+package dataplane

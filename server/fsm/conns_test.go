@@ -1,0 +1,76 @@
+package fsm
+
+import (
+	"net/netip"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"google.golang.org/protobuf/testing/protocmp"
+
+	raftlbv1 "github.com/raftlb/raftlb/proto/raftlb/v1"
+)
+
+func TestIPv4Uint32(t *testing.T) {
+	a := netip.MustParseAddr("198.51.100.10")
+	if got := IPv4ToUint32(a); got != 0xC633640A {
+		t.Errorf("IPv4ToUint32 = %#x", got)
+	}
+	if got := Uint32ToIPv4(0xC633640A); got != a {
+		t.Errorf("Uint32ToIPv4 = %v", got)
+	}
+}
+
+func TestConnections(t *testing.T) {
+	var changes []ConnChange
+	f := newNode(t, WithMaxConnections(3), WithConnectionHook(func(c ConnChange) { changes = append(changes, c) }))
+	f.mustApply(t, createSvc(vip1, 80, ""))
+	f.mustApply(t, createSvc(vip2, 80, ""))
+	c1 := conn(vip1, 80, "192.0.2.100", 1, rs1)
+	c2 := conn(vip1, 80, "192.0.2.100", 2, rs1)
+	c3 := conn(vip2, 80, "192.0.2.100", 3, rs2)
+	c4 := conn(vip2, 80, "192.0.2.100", 4, rs2)
+
+	f.mustApply(t, connBatch([]*raftlbv1.ConnEntry{c3, c1, c2, c4}, nil))
+	if got := f.Counts(); got.Connections != 3 || got.ConnectionsDropped != 1 {
+		t.Errorf("full table: counts %+v, want 3 entries and 1 dropped", got)
+	}
+	if diff := cmp.Diff([]*raftlbv1.ConnEntry{c1, c2, c3}, f.Connections(), protocmp.Transform()); diff != "" {
+		t.Errorf("connections (-want +got):\n%s", diff)
+	}
+
+	// A refresh of a known entry is never dropped; deletes make room first.
+	c1b := conn(vip1, 80, "192.0.2.100", 1, rs1)
+	c1b.State, c1b.LastSeenUnixMs = raftlbv1.ConnectionState_CONNECTION_STATE_FIN_WAIT, 2000
+	f.mustApply(t, connBatch([]*raftlbv1.ConnEntry{c1b, c4}, []*raftlbv1.ConnEntry{{Protocol: c2.Protocol, ClientIp: c2.ClientIp, ClientPort: 2, Vip: c2.Vip, Vport: 80}}))
+	if diff := cmp.Diff([]*raftlbv1.ConnEntry{c1b, c3, c4}, f.Connections(), protocmp.Transform()); diff != "" {
+		t.Errorf("connections (-want +got):\n%s", diff)
+	}
+
+	f.mustApply(t, deleteSvc(vip1, 80))
+	if diff := cmp.Diff([]*raftlbv1.ConnEntry{c3, c4}, f.Connections(), protocmp.Transform()); diff != "" {
+		t.Errorf("after deleting the service (-want +got):\n%s", diff)
+	}
+	f.mustApply(t, &raftlbv1.Command{Op: &raftlbv1.Command_FlushConnections{FlushConnections: &raftlbv1.FlushConnectionsRequest{Vip: vip1}}})
+	if got := len(f.Connections()); got != 2 {
+		t.Errorf("flushing another VIP removed entries: %d left", got)
+	}
+	f.mustApply(t, &raftlbv1.Command{Op: &raftlbv1.Command_FlushConnections{FlushConnections: &raftlbv1.FlushConnectionsRequest{Vip: vip2}}})
+	if got := len(f.Connections()); got != 0 {
+		t.Errorf("flush left %d entries", got)
+	}
+	restore(t, f.FSM, snapshotBytes(t, f.FSM))
+
+	key := func(e *raftlbv1.ConnEntry) *raftlbv1.ConnEntry {
+		return &raftlbv1.ConnEntry{Protocol: e.Protocol, ClientIp: e.ClientIp, ClientPort: e.ClientPort, Vip: e.Vip, Vport: e.Vport}
+	}
+	want := []ConnChange{
+		{Upserts: []*raftlbv1.ConnEntry{c1, c2, c3}},
+		{Upserts: []*raftlbv1.ConnEntry{c1b, c4}, Deletes: []*raftlbv1.ConnEntry{key(c2)}},
+		{Deletes: []*raftlbv1.ConnEntry{key(c1)}},
+		{Deletes: []*raftlbv1.ConnEntry{key(c3), key(c4)}},
+		{Reset: true},
+	}
+	if diff := cmp.Diff(want, changes, protocmp.Transform()); diff != "" {
+		t.Errorf("hook saw (-want +got):\n%s", diff)
+	}
+}
