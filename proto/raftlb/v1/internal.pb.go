@@ -132,7 +132,11 @@ type GrantLeaseResponse struct {
 	// Claims granted; the others are no longer the caller's.
 	Granted []*LeaseClaim `protobuf:"bytes,1,rep,name=granted,proto3" json:"granted,omitempty"`
 	// How long the lease lasts, measured by the caller from before it sent the request.
-	DurationMs    int64 `protobuf:"varint,2,opt,name=duration_ms,json=durationMs,proto3" json:"duration_ms,omitempty"`
+	DurationMs int64 `protobuf:"varint,2,opt,name=duration_ms,json=durationMs,proto3" json:"duration_ms,omitempty"`
+	// Claims the leader asks the caller to hand over (a move or a rebalance):
+	// stop answering for them, flush connection sync, then call ReleaseLease.
+	// They are not in granted.
+	Release       []*LeaseClaim `protobuf:"bytes,3,rep,name=release,proto3" json:"release,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -181,6 +185,112 @@ func (x *GrantLeaseResponse) GetDurationMs() int64 {
 	return 0
 }
 
+func (x *GrantLeaseResponse) GetRelease() []*LeaseClaim {
+	if x != nil {
+		return x.Release
+	}
+	return nil
+}
+
+type ReleaseLeaseRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Must equal the caller's certificate common name.
+	DirectorId string `protobuf:"bytes,1,opt,name=director_id,json=directorId,proto3" json:"director_id,omitempty"`
+	// Addresses the caller no longer answers for, at the epochs it held them.
+	Claims []*LeaseClaim `protobuf:"bytes,2,rep,name=claims,proto3" json:"claims,omitempty"`
+	// The caller is shutting down: assign it nothing until it asks for a lease again.
+	Leaving       bool `protobuf:"varint,3,opt,name=leaving,proto3" json:"leaving,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReleaseLeaseRequest) Reset() {
+	*x = ReleaseLeaseRequest{}
+	mi := &file_raftlb_v1_internal_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReleaseLeaseRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReleaseLeaseRequest) ProtoMessage() {}
+
+func (x *ReleaseLeaseRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_raftlb_v1_internal_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReleaseLeaseRequest.ProtoReflect.Descriptor instead.
+func (*ReleaseLeaseRequest) Descriptor() ([]byte, []int) {
+	return file_raftlb_v1_internal_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *ReleaseLeaseRequest) GetDirectorId() string {
+	if x != nil {
+		return x.DirectorId
+	}
+	return ""
+}
+
+func (x *ReleaseLeaseRequest) GetClaims() []*LeaseClaim {
+	if x != nil {
+		return x.Claims
+	}
+	return nil
+}
+
+func (x *ReleaseLeaseRequest) GetLeaving() bool {
+	if x != nil {
+		return x.Leaving
+	}
+	return false
+}
+
+type ReleaseLeaseResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReleaseLeaseResponse) Reset() {
+	*x = ReleaseLeaseResponse{}
+	mi := &file_raftlb_v1_internal_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReleaseLeaseResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReleaseLeaseResponse) ProtoMessage() {}
+
+func (x *ReleaseLeaseResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_raftlb_v1_internal_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReleaseLeaseResponse.ProtoReflect.Descriptor instead.
+func (*ReleaseLeaseResponse) Descriptor() ([]byte, []int) {
+	return file_raftlb_v1_internal_proto_rawDescGZIP(), []int{4}
+}
+
 type ApplyRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Command       *Command               `protobuf:"bytes,1,opt,name=command,proto3" json:"command,omitempty"`
@@ -190,7 +300,7 @@ type ApplyRequest struct {
 
 func (x *ApplyRequest) Reset() {
 	*x = ApplyRequest{}
-	mi := &file_raftlb_v1_internal_proto_msgTypes[3]
+	mi := &file_raftlb_v1_internal_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -202,7 +312,7 @@ func (x *ApplyRequest) String() string {
 func (*ApplyRequest) ProtoMessage() {}
 
 func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_raftlb_v1_internal_proto_msgTypes[3]
+	mi := &file_raftlb_v1_internal_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -215,7 +325,7 @@ func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyRequest.ProtoReflect.Descriptor instead.
 func (*ApplyRequest) Descriptor() ([]byte, []int) {
-	return file_raftlb_v1_internal_proto_rawDescGZIP(), []int{3}
+	return file_raftlb_v1_internal_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ApplyRequest) GetCommand() *Command {
@@ -237,7 +347,7 @@ type ApplyResponse struct {
 
 func (x *ApplyResponse) Reset() {
 	*x = ApplyResponse{}
-	mi := &file_raftlb_v1_internal_proto_msgTypes[4]
+	mi := &file_raftlb_v1_internal_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -249,7 +359,7 @@ func (x *ApplyResponse) String() string {
 func (*ApplyResponse) ProtoMessage() {}
 
 func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_raftlb_v1_internal_proto_msgTypes[4]
+	mi := &file_raftlb_v1_internal_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -262,7 +372,7 @@ func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyResponse) Descriptor() ([]byte, []int) {
-	return file_raftlb_v1_internal_proto_rawDescGZIP(), []int{4}
+	return file_raftlb_v1_internal_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ApplyResponse) GetIndex() uint64 {
@@ -291,20 +401,28 @@ const file_raftlb_v1_internal_proto_rawDesc = "" +
 	"\x11GrantLeaseRequest\x12\x1f\n" +
 	"\vdirector_id\x18\x01 \x01(\tR\n" +
 	"directorId\x12-\n" +
-	"\x06claims\x18\x02 \x03(\v2\x15.raftlb.v1.LeaseClaimR\x06claims\"f\n" +
+	"\x06claims\x18\x02 \x03(\v2\x15.raftlb.v1.LeaseClaimR\x06claims\"\x97\x01\n" +
 	"\x12GrantLeaseResponse\x12/\n" +
 	"\agranted\x18\x01 \x03(\v2\x15.raftlb.v1.LeaseClaimR\agranted\x12\x1f\n" +
 	"\vduration_ms\x18\x02 \x01(\x03R\n" +
-	"durationMs\"<\n" +
+	"durationMs\x12/\n" +
+	"\arelease\x18\x03 \x03(\v2\x15.raftlb.v1.LeaseClaimR\arelease\"\x7f\n" +
+	"\x13ReleaseLeaseRequest\x12\x1f\n" +
+	"\vdirector_id\x18\x01 \x01(\tR\n" +
+	"directorId\x12-\n" +
+	"\x06claims\x18\x02 \x03(\v2\x15.raftlb.v1.LeaseClaimR\x06claims\x12\x18\n" +
+	"\aleaving\x18\x03 \x01(\bR\aleaving\"\x16\n" +
+	"\x14ReleaseLeaseResponse\"<\n" +
 	"\fApplyRequest\x12,\n" +
 	"\acommand\x18\x01 \x01(\v2\x12.raftlb.v1.CommandR\acommand\"P\n" +
 	"\rApplyResponse\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12)\n" +
-	"\x06result\x18\x02 \x01(\v2\x11.raftlb.v1.ResultR\x06result2\x98\x01\n" +
+	"\x06result\x18\x02 \x01(\v2\x11.raftlb.v1.ResultR\x06result2\xe9\x01\n" +
 	"\x0fInternalService\x12:\n" +
 	"\x05Apply\x12\x17.raftlb.v1.ApplyRequest\x1a\x18.raftlb.v1.ApplyResponse\x12I\n" +
 	"\n" +
-	"GrantLease\x12\x1c.raftlb.v1.GrantLeaseRequest\x1a\x1d.raftlb.v1.GrantLeaseResponseB3Z1github.com/raftlb/raftlb/proto/raftlb/v1;raftlbv1b\x06proto3"
+	"GrantLease\x12\x1c.raftlb.v1.GrantLeaseRequest\x1a\x1d.raftlb.v1.GrantLeaseResponse\x12O\n" +
+	"\fReleaseLease\x12\x1e.raftlb.v1.ReleaseLeaseRequest\x1a\x1f.raftlb.v1.ReleaseLeaseResponseB3Z1github.com/raftlb/raftlb/proto/raftlb/v1;raftlbv1b\x06proto3"
 
 var (
 	file_raftlb_v1_internal_proto_rawDescOnce sync.Once
@@ -318,30 +436,36 @@ func file_raftlb_v1_internal_proto_rawDescGZIP() []byte {
 	return file_raftlb_v1_internal_proto_rawDescData
 }
 
-var file_raftlb_v1_internal_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_raftlb_v1_internal_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_raftlb_v1_internal_proto_goTypes = []any{
-	(*LeaseClaim)(nil),         // 0: raftlb.v1.LeaseClaim
-	(*GrantLeaseRequest)(nil),  // 1: raftlb.v1.GrantLeaseRequest
-	(*GrantLeaseResponse)(nil), // 2: raftlb.v1.GrantLeaseResponse
-	(*ApplyRequest)(nil),       // 3: raftlb.v1.ApplyRequest
-	(*ApplyResponse)(nil),      // 4: raftlb.v1.ApplyResponse
-	(*Command)(nil),            // 5: raftlb.v1.Command
-	(*Result)(nil),             // 6: raftlb.v1.Result
+	(*LeaseClaim)(nil),           // 0: raftlb.v1.LeaseClaim
+	(*GrantLeaseRequest)(nil),    // 1: raftlb.v1.GrantLeaseRequest
+	(*GrantLeaseResponse)(nil),   // 2: raftlb.v1.GrantLeaseResponse
+	(*ReleaseLeaseRequest)(nil),  // 3: raftlb.v1.ReleaseLeaseRequest
+	(*ReleaseLeaseResponse)(nil), // 4: raftlb.v1.ReleaseLeaseResponse
+	(*ApplyRequest)(nil),         // 5: raftlb.v1.ApplyRequest
+	(*ApplyResponse)(nil),        // 6: raftlb.v1.ApplyResponse
+	(*Command)(nil),              // 7: raftlb.v1.Command
+	(*Result)(nil),               // 8: raftlb.v1.Result
 }
 var file_raftlb_v1_internal_proto_depIdxs = []int32{
 	0, // 0: raftlb.v1.GrantLeaseRequest.claims:type_name -> raftlb.v1.LeaseClaim
 	0, // 1: raftlb.v1.GrantLeaseResponse.granted:type_name -> raftlb.v1.LeaseClaim
-	5, // 2: raftlb.v1.ApplyRequest.command:type_name -> raftlb.v1.Command
-	6, // 3: raftlb.v1.ApplyResponse.result:type_name -> raftlb.v1.Result
-	3, // 4: raftlb.v1.InternalService.Apply:input_type -> raftlb.v1.ApplyRequest
-	1, // 5: raftlb.v1.InternalService.GrantLease:input_type -> raftlb.v1.GrantLeaseRequest
-	4, // 6: raftlb.v1.InternalService.Apply:output_type -> raftlb.v1.ApplyResponse
-	2, // 7: raftlb.v1.InternalService.GrantLease:output_type -> raftlb.v1.GrantLeaseResponse
-	6, // [6:8] is the sub-list for method output_type
-	4, // [4:6] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	0, // 2: raftlb.v1.GrantLeaseResponse.release:type_name -> raftlb.v1.LeaseClaim
+	0, // 3: raftlb.v1.ReleaseLeaseRequest.claims:type_name -> raftlb.v1.LeaseClaim
+	7, // 4: raftlb.v1.ApplyRequest.command:type_name -> raftlb.v1.Command
+	8, // 5: raftlb.v1.ApplyResponse.result:type_name -> raftlb.v1.Result
+	5, // 6: raftlb.v1.InternalService.Apply:input_type -> raftlb.v1.ApplyRequest
+	1, // 7: raftlb.v1.InternalService.GrantLease:input_type -> raftlb.v1.GrantLeaseRequest
+	3, // 8: raftlb.v1.InternalService.ReleaseLease:input_type -> raftlb.v1.ReleaseLeaseRequest
+	6, // 9: raftlb.v1.InternalService.Apply:output_type -> raftlb.v1.ApplyResponse
+	2, // 10: raftlb.v1.InternalService.GrantLease:output_type -> raftlb.v1.GrantLeaseResponse
+	4, // 11: raftlb.v1.InternalService.ReleaseLease:output_type -> raftlb.v1.ReleaseLeaseResponse
+	9, // [9:12] is the sub-list for method output_type
+	6, // [6:9] is the sub-list for method input_type
+	6, // [6:6] is the sub-list for extension type_name
+	6, // [6:6] is the sub-list for extension extendee
+	0, // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_raftlb_v1_internal_proto_init() }
@@ -356,7 +480,7 @@ func file_raftlb_v1_internal_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_raftlb_v1_internal_proto_rawDesc), len(file_raftlb_v1_internal_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   5,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

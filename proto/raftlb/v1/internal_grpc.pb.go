@@ -19,8 +19,9 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	InternalService_Apply_FullMethodName      = "/raftlb.v1.InternalService/Apply"
-	InternalService_GrantLease_FullMethodName = "/raftlb.v1.InternalService/GrantLease"
+	InternalService_Apply_FullMethodName        = "/raftlb.v1.InternalService/Apply"
+	InternalService_GrantLease_FullMethodName   = "/raftlb.v1.InternalService/GrantLease"
+	InternalService_ReleaseLease_FullMethodName = "/raftlb.v1.InternalService/ReleaseLease"
 )
 
 // InternalServiceClient is the client API for InternalService service.
@@ -35,6 +36,10 @@ type InternalServiceClient interface {
 	// owns. The leader grants only after VerifyLeader and only for addresses the
 	// replicated state assigns to the caller at the given epoch.
 	GrantLease(ctx context.Context, in *GrantLeaseRequest, opts ...grpc.CallOption) (*GrantLeaseResponse, error)
+	// ReleaseLease tells the leader that the caller has stopped answering for
+	// the claimed addresses and that its connection sync has committed, so the
+	// leader may reassign them at once instead of waiting for the lease to run out.
+	ReleaseLease(ctx context.Context, in *ReleaseLeaseRequest, opts ...grpc.CallOption) (*ReleaseLeaseResponse, error)
 }
 
 type internalServiceClient struct {
@@ -65,6 +70,16 @@ func (c *internalServiceClient) GrantLease(ctx context.Context, in *GrantLeaseRe
 	return out, nil
 }
 
+func (c *internalServiceClient) ReleaseLease(ctx context.Context, in *ReleaseLeaseRequest, opts ...grpc.CallOption) (*ReleaseLeaseResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReleaseLeaseResponse)
+	err := c.cc.Invoke(ctx, InternalService_ReleaseLease_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // InternalServiceServer is the server API for InternalService service.
 // All implementations must embed UnimplementedInternalServiceServer
 // for forward compatibility.
@@ -77,6 +92,10 @@ type InternalServiceServer interface {
 	// owns. The leader grants only after VerifyLeader and only for addresses the
 	// replicated state assigns to the caller at the given epoch.
 	GrantLease(context.Context, *GrantLeaseRequest) (*GrantLeaseResponse, error)
+	// ReleaseLease tells the leader that the caller has stopped answering for
+	// the claimed addresses and that its connection sync has committed, so the
+	// leader may reassign them at once instead of waiting for the lease to run out.
+	ReleaseLease(context.Context, *ReleaseLeaseRequest) (*ReleaseLeaseResponse, error)
 	mustEmbedUnimplementedInternalServiceServer()
 }
 
@@ -92,6 +111,9 @@ func (UnimplementedInternalServiceServer) Apply(context.Context, *ApplyRequest) 
 }
 func (UnimplementedInternalServiceServer) GrantLease(context.Context, *GrantLeaseRequest) (*GrantLeaseResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GrantLease not implemented")
+}
+func (UnimplementedInternalServiceServer) ReleaseLease(context.Context, *ReleaseLeaseRequest) (*ReleaseLeaseResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReleaseLease not implemented")
 }
 func (UnimplementedInternalServiceServer) mustEmbedUnimplementedInternalServiceServer() {}
 func (UnimplementedInternalServiceServer) testEmbeddedByValue()                         {}
@@ -150,6 +172,24 @@ func _InternalService_GrantLease_Handler(srv interface{}, ctx context.Context, d
 	return interceptor(ctx, in, info, handler)
 }
 
+func _InternalService_ReleaseLease_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReleaseLeaseRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InternalServiceServer).ReleaseLease(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: InternalService_ReleaseLease_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InternalServiceServer).ReleaseLease(ctx, req.(*ReleaseLeaseRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // InternalService_ServiceDesc is the grpc.ServiceDesc for InternalService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -164,6 +204,10 @@ var InternalService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GrantLease",
 			Handler:    _InternalService_GrantLease_Handler,
+		},
+		{
+			MethodName: "ReleaseLease",
+			Handler:    _InternalService_ReleaseLease_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
