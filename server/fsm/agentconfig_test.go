@@ -21,7 +21,7 @@ func TestAgentConfig(t *testing.T) {
 		createSvc(vip2, 80, ""),
 		createSvc("198.51.100.30", 80, ""),
 		addRS(vip1, 80, rs1, 0, dr),
-		addRS(vip1, 7, rs1, 0, dr),  // same VIP and method: listed once
+		addRS(vip1, 7, rs1, 0, dr), // same VIP and method: listed once
 		addRS(vip2, 80, rs1, 0, tun),
 		addRS(vip2, 80, rs2, 0, dr), // another host
 		addRS("198.51.100.30", 80, nrs1, 8080, nat),

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/hashicorp/raft"
 	"google.golang.org/protobuf/testing/protocmp"
 
 	raftlbv1 "github.com/raftlb/raftlb/proto/raftlb/v1"
@@ -72,5 +73,24 @@ func TestConnections(t *testing.T) {
 	}
 	if diff := cmp.Diff(want, changes, protocmp.Transform()); diff != "" {
 		t.Errorf("hook saw (-want +got):\n%s", diff)
+	}
+}
+
+// TestConnectionHookBatch checks that ApplyBatch reports each entry's change
+// separately, so an upsert followed by a delete stays in that order.
+func TestConnectionHookBatch(t *testing.T) {
+	var changes []ConnChange
+	f := New(nil, WithConnectionHook(func(c ConnChange) { changes = append(changes, c) }))
+	c1 := conn(vip1, 80, "192.0.2.100", 1, rs1)
+	logs := []*raft.Log{
+		{Index: 1, Type: raft.LogCommand, Data: mustMarshal(t, connBatch([]*raftlbv1.ConnEntry{c1}, nil))},
+		{Index: 2, Type: raft.LogCommand, Data: mustMarshal(t, connBatch(nil, []*raftlbv1.ConnEntry{c1}))},
+	}
+	f.ApplyBatch(logs)
+	if len(changes) != 2 || len(changes[0].Upserts) != 1 || len(changes[1].Deletes) != 1 {
+		t.Errorf("hook saw %v, want an upsert then a delete", changes)
+	}
+	if n := f.Counts().Connections; n != 0 {
+		t.Errorf("%d connections left", n)
 	}
 }

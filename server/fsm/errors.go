@@ -30,10 +30,6 @@ var (
 	ErrInternal           = &Error{Code: codes.Internal, Reason: "internal error"}
 )
 
-// ErrUnknownCommand is the reason given for a command with no known operation:
-// a log written by a newer version, or a bug. It is never applied.
-var ErrUnknownCommand = errors.New("unknown command")
-
 func (e *Error) Error() string {
 	if e.Field == "" {
 		return e.Reason

@@ -99,14 +99,16 @@ func (f *FSM) Apply(l *raft.Log) any {
 // get a nil response, as raft expects.
 func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
 	out := make([]any, len(logs))
-	var ch ConnChange
+	// One change per entry: merging them would lose the order of an upsert
+	// and a later delete of the same connection.
+	changes := make([]ConnChange, len(logs))
 	notify := false
 	f.mu.Lock()
 	for i, l := range logs {
 		if l.Type != raft.LogCommand {
 			continue
 		}
-		res, n := f.applyLocked(l, &ch)
+		res, n := f.applyLocked(l, &changes[i])
 		out[i] = res
 		notify = notify || n
 	}
@@ -114,10 +116,9 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
 		f.notifyLocked()
 	}
 	f.mu.Unlock()
-	if !ch.empty() {
-		sortChange(&ch)
+	for _, ch := range changes {
+		f.emit(ch)
 	}
-	f.emit(ch)
 	return out
 }
 

@@ -5,6 +5,8 @@ import (
 	"testing"
 
 	"google.golang.org/protobuf/proto"
+
+	raftlbv1 "github.com/raftlb/raftlb/proto/raftlb/v1"
 )
 
 // FuzzApply feeds arbitrary bytes to Apply: it must never panic, must always
@@ -30,7 +32,7 @@ func FuzzApply(f *testing.F) {
 				t.Fatalf("rejected command (%v) changed the state", ResultError(res))
 			}
 		}
-		cmd := new(rawCommand)
+		cmd := new(raftlbv1.Command)
 		if proto.Unmarshal(data, cmd) == nil {
 			if err := ValidateCommand(cmd); err != nil && !errors.As(err, new(*Error)) {
 				t.Fatalf("ValidateCommand returned %T", err)

@@ -150,3 +150,14 @@ func conn(vip string, vport uint32, client string, cport uint32, rs string) *raf
 func connBatch(upserts, deletes []*raftlbv1.ConnEntry) *raftlbv1.Command {
 	return &raftlbv1.Command{Op: &raftlbv1.Command_ConnectionBatch{ConnectionBatch: &raftlbv1.ConnectionBatch{Upserts: upserts, Deletes: deletes}}}
 }
+
+func nopCloser(b []byte) io.ReadCloser { return io.NopCloser(bytes.NewReader(b)) }
+
+func mustMarshal(t *testing.T, c *raftlbv1.Command) []byte {
+	t.Helper()
+	b, err := proto.Marshal(c)
+	if err != nil {
+		t.Fatalf("marshal: %v", err)
+	}
+	return b
+}

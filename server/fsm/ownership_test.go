@@ -1,6 +1,7 @@
 package fsm
 
 import (
+	"strconv"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -14,21 +15,9 @@ import (
 func owners(f *FSM) map[string]string {
 	out := make(map[string]string)
 	for _, a := range f.Addresses() {
-		out[a.GetAddress()] = a.GetOwner() + "@" + itoa(a.GetEpoch())
+		out[a.GetAddress()] = a.GetOwner() + "@" + strconv.FormatUint(a.GetEpoch(), 10)
 	}
 	return out
-}
-
-func itoa(v uint64) string {
-	const digits = "0123456789"
-	if v == 0 {
-		return "0"
-	}
-	var b []byte
-	for ; v > 0; v /= 10 {
-		b = append([]byte{digits[v%10]}, b...)
-	}
-	return string(b)
 }
 
 // TestOwnership walks addresses through creation, the NAT group, removal of

@@ -60,7 +60,7 @@ func ValidateCommand(c *raftlbv1.Command) error {
 
 func validateCommand(c *raftlbv1.Command) *Error {
 	if c == nil {
-		return newError(codes.Internal, "", "%s: no command", ErrUnknownCommand)
+		return newError(codes.Internal, "", "unknown command: no command")
 	}
 	switch op := c.GetOp().(type) {
 	case *raftlbv1.Command_CreateService:
@@ -104,7 +104,8 @@ func validateCommand(c *raftlbv1.Command) *Error {
 	case *raftlbv1.Command_HealthVerdicts:
 		return validateVerdicts(op.HealthVerdicts)
 	default:
-		return newError(codes.Internal, "", "%s: no known operation (%d unknown fields)", ErrUnknownCommand, len(c.ProtoReflect().GetUnknown()))
+		// A log written by a newer version, or a bug: never applied.
+		return newError(codes.Internal, "", "unknown command: no known operation (%d bytes of unknown fields)", len(c.ProtoReflect().GetUnknown()))
 	}
 }
 
