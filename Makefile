@@ -10,7 +10,7 @@ BUF         := $(GO) run github.com/bufbuild/buf/cmd/buf@v1.75.0
 
 # Packages that need root, namespaces or BPF: tested without -race, which slows them
 # past their timing assumptions and adds nothing to code that mostly waits on the kernel.
-PRIVILEGED_RE := /(deploy/lab|dataplane|agent|cmd/raftlb)(/|$$)
+PRIVILEGED_RE := /(deploy/lab|deploy/e2e|dataplane|agent|cmd/raftlb)(/|$$)
 TEST_FLAGS    ?= -p 2 -timeout 20m
 BENCH_COUNT   ?= 6
 
@@ -90,6 +90,8 @@ test: check-generated lint-proto fmt-check vet test-go
 bench:
 	mkdir -p bin
 	$(GO) test -run '^$$' -bench . -benchmem -count $(BENCH_COUNT) ./server/... ./dataplane/... | tee bin/bench-go.txt
+	@# Lab benchmarks (root): each run brings up its own lab, so they run apart from the rest.
+	$(GO) test -run '^$$' -bench . -count $(BENCH_COUNT) ./deploy/e2e/ | tee -a bin/bench-go.txt
 	$(GO) run ./deploy/bench -o BENCHMARKS.md bin/bench-go.txt
 
 ## Lab

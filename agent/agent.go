@@ -189,8 +189,18 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("validate agent config: %w", err)
 	}
+	unlock, err := lockStateDir(cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	k := cfg.kernel
 	if k == nil {
+		release, err := claimNetns()
+		if err != nil {
+			return err
+		}
+		defer release()
 		nk, err := NewKernel()
 		if err != nil {
 			return err
@@ -509,6 +519,11 @@ func cleanup(k Kernel, stateDir string, decap Decapper, logger *slog.Logger) err
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
+	unlock, err := lockStateDir(stateDir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	store := stateStore{dir: stateDir}
 	r, err := newReconciler(k, decap, store, reconcilerConfig{}, logger.With("component", "agent"))
 	if err != nil {

@@ -3,8 +3,10 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -407,5 +409,34 @@ func TestRunRejectsInvalidConfig(t *testing.T) {
 	err := Run(context.Background(), Config{StateDir: filepath.Join(t.TempDir(), "x")})
 	if err == nil || !strings.Contains(err.Error(), "id: required") {
 		t.Errorf("Run: %v, want a validation error naming id", err)
+	}
+}
+
+// TestRunRefusesSecondAgentOnStateDir: a second agent on the same state dir
+// fails at once with ErrAlreadyRunning, and so does Cleanup, while the first
+// keeps running; once it stops, the directory is free again.
+func TestRunRefusesSecondAgentOnStateDir(t *testing.T) {
+	d := startFakeDirector(t)
+	cfg := testAgentConfig(t, newFakeKernel(), d.addr)
+	first := startAgent(t, cfg)
+	recv(t, d.watches, "watch")
+
+	second := cfg
+	second.kernel = newFakeKernel()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err := Run(ctx, second)
+	if !errors.Is(err, ErrAlreadyRunning) || !strings.Contains(err.Error(), cfg.StateDir) ||
+		!strings.Contains(err.Error(), fmt.Sprintf("pid %d", os.Getpid())) {
+		t.Errorf("second Run: %v, want ErrAlreadyRunning naming the dir and the holder's pid", err)
+	}
+	if err := cleanup(newFakeKernel(), cfg.StateDir, newFakeDecapper(), testLogger(t)); !errors.Is(err, ErrAlreadyRunning) {
+		t.Errorf("Cleanup while running: %v, want ErrAlreadyRunning", err)
+	}
+	if err := first.stop(t); err != nil {
+		t.Fatalf("first Run: %v", err)
+	}
+	if err := cleanup(newFakeKernel(), cfg.StateDir, newFakeDecapper(), testLogger(t)); err != nil {
+		t.Errorf("Cleanup after stop: %v", err)
 	}
 }

@@ -63,6 +63,12 @@
 // context ends the configuration stays. Cleanup removes everything in the
 // record, for a deregistered realserver ("raftlb agent --cleanup").
 //
+// One agent runs per network namespace and per state directory: Run holds an
+// flock on the state directory (Cleanup too, so it refuses while an agent
+// runs) and, on the real kernel, the abstract unix socket "@raftlb-agent",
+// which belongs to the network namespace and is freed by the kernel however
+// the process ends. A second agent fails at once with ErrAlreadyRunning.
+//
 // Generations are the cluster's replicated generation: an agent ignores one
 // older than what it applied (a lagging director after a failover). A cluster
 // rebuilt from scratch starts its generations again, so its realservers need

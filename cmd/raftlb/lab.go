@@ -53,14 +53,15 @@ func self() (string, error) {
 }
 
 func labUpCmd(o *labOpts) *cobra.Command {
-	var directors, backends bool
+	var directors, backends, agents bool
 	cmd := &cobra.Command{
 		Use:   "up",
-		Short: "Build the lab and start the directors, the witness and the backends",
+		Short: "Build the lab and start the directors, the witness, the backends and the agents",
 		Args:  cobra.NoArgs,
 	}
 	cmd.Flags().BoolVar(&directors, "directors", true, "start d1, d2 and the witness w1")
 	cmd.Flags().BoolVar(&backends, "backends", true, "start the lab backend on every realserver")
+	cmd.Flags().BoolVar(&agents, "agents", true, "start the raftlb agent on every realserver")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		l, err := o.lab()
 		if err != nil {
@@ -70,7 +71,7 @@ func labUpCmd(o *labOpts) *cobra.Command {
 		if err != nil {
 			return err
 		}
-		if err := l.Up(cmd.Context(), lab.UpOptions{Binary: bin, StartDirectors: directors, StartBackends: backends}); err != nil {
+		if err := l.Up(cmd.Context(), lab.UpOptions{Binary: bin, StartDirectors: directors, StartBackends: backends, StartAgents: agents}); err != nil {
 			return err
 		}
 		_, err = fmt.Fprintf(cmd.OutOrStdout(), `lab %q is up; state in %s

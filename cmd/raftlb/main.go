@@ -1,5 +1,5 @@
-// Command raftlb is the one raftlb binary: director, witness, API client, dev PKI and
-// the network-namespace lab. It only wires flags to the packages that do the work.
+// Command raftlb is the one raftlb binary: director, witness, realserver agent, API client,
+// dev PKI and the network-namespace lab. It only wires flags to the packages that do the work.
 package main
 
 import (
@@ -44,6 +44,7 @@ services, realservers, VIP ownership and connection table with Raft, and talks t
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(
 		newDirectorCmd(),
+		newAgentCmd(),
 		newServiceCmd(),
 		newRealserverCmd(),
 		newStatusCmd(),

@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"strconv"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -205,11 +207,73 @@ func realserverListCmd(o *clientOpts) *cobra.Command {
 		if err != nil {
 			return err
 		}
+		// The table joins each realserver with its agent's status; -o json prints the
+		// API's answer as it is (the agents are in `raftlb agent list -o json`).
+		var agents []*raftlbv1.AgentInfo
 		return call(cmd, o, func(ctx context.Context, cc grpc.ClientConnInterface) (*raftlbv1.ListRealserversResponse, error) {
-			return lbClient(cc).ListRealservers(ctx, &raftlbv1.ListRealserversRequest{Service: key, Consistent: consistent})
+			r, err := lbClient(cc).ListRealservers(ctx, &raftlbv1.ListRealserversRequest{Service: key, Consistent: consistent})
+			if err != nil || o.output == outputJSON {
+				return r, err
+			}
+			a, err := raftlbv1.NewAgentServiceClient(cc).ListAgents(ctx, &raftlbv1.ListAgentsRequest{})
+			agents = a.GetAgents()
+			return r, err
 		}, func(w io.Writer, r *raftlbv1.ListRealserversResponse) error {
-			return printRealservers(w, r.GetRealservers())
+			return printRealserverAgents(w, key.GetVip(), r.GetRealservers(), agents, time.Now())
 		})
 	}
 	return cmd
+}
+
+// printRealserverAgents is printRealservers with the status of each realserver's agent:
+// the agent registered with the realserver's address, the generation it applied, what
+// it did for this service (for DR and TUN its result for the VIP; for NAT whether its
+// last pass succeeded) and when it last reported.
+func printRealserverAgents(w io.Writer, vip string, rss []*raftlbv1.Realserver, agents []*raftlbv1.AgentInfo, now time.Time) error {
+	byAddr := make(map[netip.Addr]*raftlbv1.AgentInfo)
+	for _, a := range agents {
+		for _, ifc := range a.GetInterfaces() {
+			for _, s := range ifc.GetAddresses() {
+				if p, err := netip.ParsePrefix(s); err == nil {
+					byAddr[p.Addr()] = a
+				} else if ip, err := netip.ParseAddr(s); err == nil {
+					byAddr[ip] = a
+				}
+			}
+		}
+	}
+	t := newTable(w, "REALSERVER", "PORT", "WEIGHT", "METHOD", "ADMIN", "HEALTH", "ACTIVE", "CONNECTIONS",
+		"AGENT", "APPLIED", "AGENT STATE", "LAST SEEN")
+	for _, rs := range rss {
+		cells := []string{rs.GetAddress(), orDash(uintOrEmpty(rs.GetPort())), strconv.FormatUint(uint64(rs.GetWeight()), 10),
+			methodWords.name(rs.GetMethod()), adminStateWords.name(rs.GetAdminState()), healthStateWords.name(rs.GetHealth()),
+			strconv.FormatUint(rs.GetStats().GetActiveConnections(), 10), strconv.FormatUint(rs.GetStats().GetConnections(), 10)}
+		ip, _ := netip.ParseAddr(rs.GetAddress())
+		a, ok := byAddr[ip]
+		if !ok {
+			t.row(append(cells, "-", "-", "no agent", "-")...)
+			continue
+		}
+		t.row(append(cells, a.GetId(), strconv.FormatUint(a.GetAppliedGeneration(), 10), agentState(a, vip, rs.GetMethod()), lastSeen(a, now))...)
+	}
+	return t.flush()
+}
+
+// agentState is what agent a did for a realserver of the service on vip.
+func agentState(a *raftlbv1.AgentInfo, vip string, m raftlbv1.ForwardingMethod) string {
+	if m == raftlbv1.ForwardingMethod_FORWARDING_METHOD_NAT {
+		if a.GetError() != "" {
+			return "error: " + oneLine(a.GetError())
+		}
+		if a.GetAppliedGeneration() == 0 {
+			return "pending"
+		}
+		return "applied"
+	}
+	for _, v := range a.GetVips() {
+		if v.GetVip() == vip {
+			return vipResult(v)
+		}
+	}
+	return "pending"
 }

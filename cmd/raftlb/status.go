@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"time"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
@@ -27,9 +28,27 @@ func newStatusCmd() *cobra.Command {
 	addClientFlags(cmd, o, false)
 	cmd.Flags().BoolVar(&consistent, "consistent", false, "read through the leader (linearizable) instead of locally")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		// The table adds the realserver agents; -o json prints the API's answer as it is
+		// (the agents are in `raftlb agent list -o json`).
+		var agents []*raftlbv1.AgentInfo
 		return call(cmd, o, func(ctx context.Context, cc grpc.ClientConnInterface) (*raftlbv1.GetStatusResponse, error) {
-			return clusterClient(cc).GetStatus(ctx, &raftlbv1.GetStatusRequest{Consistent: consistent})
-		}, printStatus)
+			r, err := clusterClient(cc).GetStatus(ctx, &raftlbv1.GetStatusRequest{Consistent: consistent})
+			if err != nil || o.output == outputJSON {
+				return r, err
+			}
+			a, err := raftlbv1.NewAgentServiceClient(cc).ListAgents(ctx, &raftlbv1.ListAgentsRequest{})
+			agents = a.GetAgents()
+			return r, err
+		}, func(w io.Writer, r *raftlbv1.GetStatusResponse) error {
+			if err := printStatus(w, r); err != nil {
+				return err
+			}
+			if len(agents) == 0 {
+				return nil
+			}
+			fmt.Fprintln(w)
+			return printAgentSummary(w, agents, time.Now())
+		})
 	}
 	return cmd
 }
@@ -65,4 +84,21 @@ func printStatus(w io.Writer, r *raftlbv1.GetStatusResponse) error {
 	}
 	fmt.Fprintln(w)
 	return printAddresses(w, r.GetAddresses())
+}
+
+// printAgentSummary writes one row per agent: what it applied, how many of its VIPs
+// are in place, when it last reported and its error.
+func printAgentSummary(w io.Writer, agents []*raftlbv1.AgentInfo, now time.Time) error {
+	t := newTable(w, "AGENT", "APPLIED", "DECAP", "VIPS APPLIED", "LAST SEEN", "ERROR")
+	for _, a := range agents {
+		applied := 0
+		for _, v := range a.GetVips() {
+			if v.GetApplied() {
+				applied++
+			}
+		}
+		t.row(a.GetId(), strconv.FormatUint(a.GetAppliedGeneration(), 10), orDash(a.GetDecapMode()),
+			fmt.Sprintf("%d/%d", applied, len(a.GetVips())), lastSeen(a, now), orDash(oneLine(a.GetError())))
+	}
+	return t.flush()
 }

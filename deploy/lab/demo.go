@@ -23,8 +23,8 @@ const demoVIP = "198.51.100.10"
 func (l *Lab) Demo(ctx context.Context, bin string, w io.Writer) error {
 	step := func(format string, a ...any) { fmt.Fprintf(w, "\n== "+format+"\n", a...) }
 
-	step("building the lab and starting d1, d2, the witness w1 and the backends")
-	if err := l.Up(ctx, UpOptions{Binary: bin, StartDirectors: true, StartBackends: true}); err != nil {
+	step("building the lab and starting d1, d2, the witness w1, the backends and the agents")
+	if err := l.Up(ctx, UpOptions{Binary: bin, StartDirectors: true, StartBackends: true, StartAgents: true}); err != nil {
 		return err
 	}
 	fmt.Fprintf(w, "state in %s; the CLI runs in %s with:\n%s", l.Dir, l.NS("client"), l.Env())
@@ -54,6 +54,20 @@ func (l *Lab) Demo(ctx context.Context, bin string, w io.Writer) error {
 		if err := l.demoCLI(ctx, w, bin, h.Name, "service", "list"); err != nil {
 			return err
 		}
+	}
+
+	step("the agents put the VIP on each realserver's lo, with ARP for it fenced")
+	if err := l.waitAgentsApplied(ctx, bin, demoVIP); err != nil {
+		return err
+	}
+	if err := l.demoCLI(ctx, w, bin, "d1", "realserver", "list", "--vip", demoVIP, "--port", "80"); err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "$ ip netns exec %s ip -br addr show dev lo\n", l.NS("rs1"))
+	out, err := l.Exec(ctx, "rs1", "ip", "-br", "addr", "show", "dev", "lo")
+	_, _ = w.Write(out)
+	if err != nil {
+		return err
 	}
 
 	step("killing the leader %s with SIGKILL", leader)
@@ -156,4 +170,58 @@ func (l *Lab) waitLeader(ctx context.Context, bin string, hosts []Host, not stri
 		case <-tick.C:
 		}
 	}
+}
+
+// waitAgentsApplied polls `agent list -o json` until every realserver's agent reports
+// vip applied.
+func (l *Lab) waitAgentsApplied(ctx context.Context, bin, vip string) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	var last error
+	for {
+		last = l.agentsApplied(ctx, bin, vip)
+		if last == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait for the agents: %w (last: %w)", ctx.Err(), last)
+		case <-tick.C:
+		}
+	}
+}
+
+func (l *Lab) agentsApplied(ctx context.Context, bin, vip string) error {
+	out, err := l.CLI(ctx, bin, "d1", "agent", "list", "-o", "json", "--timeout", "2s")
+	if err != nil {
+		return err
+	}
+	var list struct {
+		Agents []struct {
+			ID   string `json:"id"`
+			Vips []struct {
+				Vip     string `json:"vip"`
+				Applied bool   `json:"applied"`
+			} `json:"vips"`
+		} `json:"agents"`
+	}
+	if err := json.Unmarshal(out, &list); err != nil {
+		return fmt.Errorf("parse agent list: %w", err)
+	}
+	applied := make(map[string]bool)
+	for _, a := range list.Agents {
+		for _, v := range a.Vips {
+			if v.Vip == vip && v.Applied {
+				applied[a.ID] = true
+			}
+		}
+	}
+	for _, rs := range HostsWithRole(RoleRealserver) {
+		if !applied[rs.Name] {
+			return fmt.Errorf("agent %s has not applied %s yet", rs.Name, vip)
+		}
+	}
+	return nil
 }

@@ -20,17 +20,20 @@
 // The package owns the lab's state directory (DefaultDir for `raftlb lab`): pids/ holds
 // one file per process started with Start (pid and start time, so a recycled pid is never
 // signalled), logs/ their output, tls/ the certificates, data/ the directors' data
-// directories and gossip.key the memberlist key. Down works from that directory and from
-// the namespaces alone, so it cleans up after a crashed `lab up` or test binary: it stops
-// the recorded process groups, then anything else whose network namespace is one of the
-// lab's (matched by /proc/<pid>/ns/net inode, never by name), then deletes the namespaces.
+// directories, agent/ the realserver agents' state directories and gossip.key the
+// memberlist key. Down works from that directory and from the namespaces alone, so it
+// cleans up after a crashed `lab up` or test binary: it stops the recorded process
+// groups, then anything else whose network namespace is one of the lab's (matched by
+// /proc/<pid>/ns/net inode, never by name), then deletes the namespaces. Agents are only
+// stopped: deleting a realserver's namespace removes everything they configured in it.
 //
 // Build makes the network only; Up builds it and starts the directors (StartDirector,
-// DirectorArgs), the witness and the lab backend (RunBackend) through the raftlb binary;
-// Demo walks through the cluster on top of Up. Tests reach into the lab with Exec (a
-// command in a namespace), InNS and DialContext (Go code and sockets in a namespace),
-// CLI (the raftlb CLI from the client as admin), Signal (a recorded process, e.g. to kill
-// a director) and Disconnect/Reconnect (a switch port, e.g. to partition a director).
+// DirectorArgs), the witness, the lab backend (RunBackend) and the realserver agents
+// (StartAgent, AgentArgs) through the raftlb binary; Demo walks through the cluster on
+// top of Up. Tests reach into the lab with Exec (a command in a namespace), InNS and
+// DialContext (Go code and sockets in a namespace), CLI (the raftlb CLI from the client
+// as admin), Signal (a recorded process, e.g. to kill a director or an agent) and
+// Disconnect/Reconnect (a switch port, e.g. to partition a director).
 //
 // The lab shells out to ip(8): it is test tooling, and the commands it runs are the ones a
 // reader would type to reproduce it. Product code configures the network via netlink.

@@ -43,7 +43,7 @@ var (
 type Lab struct {
 	// Prefix starts every namespace name, e.g. "rlb-".
 	Prefix string
-	// Dir is the state directory: pids/, logs/, tls/, data/, gossip.key.
+	// Dir is the state directory: pids/, logs/, tls/, data/, agent/, gossip.key.
 	Dir string
 	// StopTimeout is how long Down waits after SIGTERM before SIGKILL.
 	StopTimeout time.Duration

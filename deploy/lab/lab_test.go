@@ -398,6 +398,7 @@ func TestUp(t *testing.T) {
 		},
 		StartDirectors: true,
 		StartBackends:  true,
+		StartAgents:    true,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -409,7 +410,7 @@ func TestUp(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"backend-rs1", "backend-rs2", "backend-rs3", "d1", "d2", "w1"}
+	want := []string{"agent-rs1", "agent-rs2", "agent-rs3", "backend-rs1", "backend-rs2", "backend-rs3", "d1", "d2", "w1"}
 	if diff := cmp.Diff(want, running); diff != "" {
 		t.Errorf("Running() (-want +got):\n%s", diff)
 	}
@@ -431,6 +432,20 @@ func TestUp(t *testing.T) {
 		}
 		if want := "args: " + strings.Join(wantArgs[1:], " "); got != want {
 			return fmt.Errorf("w1 got %q, want %q", got, want)
+		}
+		return nil
+	})
+	wantArgs, err = l.AgentArgs("rs2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "agent-rs2 logs its flags", func() error {
+		got, err := firstLine(filepath.Join(l.logDir(), AgentName("rs2")+".log"))
+		if err != nil {
+			return err
+		}
+		if want := "args: " + strings.Join(wantArgs[1:], " "); got != want {
+			return fmt.Errorf("agent-rs2 got %q, want %q", got, want)
 		}
 		return nil
 	})

@@ -14,14 +14,17 @@ import (
 
 // TestMain lets the test binary stand in for the raftlb binary inside the lab:
 // `<test> lab backend --name rs1` runs the real backend, and `<test> director …` a fake
-// director that prints its flags and listens on --api-addr, so Up can be tested
-// without building cmd/raftlb. `<test> stubborn` ignores SIGTERM.
+// director that prints its flags and listens on --api-addr, `<test> agent …` a fake
+// agent that prints its flags, so Up can be tested without building cmd/raftlb.
+// `<test> stubborn` ignores SIGTERM.
 func TestMain(m *testing.M) {
 	switch {
 	case len(os.Args) > 2 && os.Args[1] == "lab" && os.Args[2] == "backend":
 		os.Exit(fakeBackendMain(os.Args[3:]))
 	case len(os.Args) > 1 && os.Args[1] == "director":
 		os.Exit(fakeDirectorMain(os.Args[2:]))
+	case len(os.Args) > 1 && os.Args[1] == "agent":
+		os.Exit(fakeAgentMain(os.Args[2:]))
 	case len(os.Args) > 1 && os.Args[1] == "stubborn":
 		os.Exit(stubbornMain())
 	}
@@ -85,6 +88,15 @@ func fakeDirectorMain(args []string) int {
 			c.Close()
 		}
 	}()
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	<-ctx.Done()
+	return 0
+}
+
+// fakeAgentMain prints its flags and waits for a signal.
+func fakeAgentMain(args []string) int {
+	fmt.Println("args:", strings.Join(args, " "))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	<-ctx.Done()

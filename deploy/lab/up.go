@@ -28,17 +28,23 @@ type UpOptions struct {
 	StartDirectors bool
 	// StartBackends starts the lab backend (BackendArgs) in every realserver.
 	StartBackends bool
+	// StartAgents starts the realserver agent (AgentArgs) in every realserver once the
+	// directors serve their API. It needs the certificates, which Up makes for it.
+	StartAgents bool
 	// DirectorFlags are appended to every director's and the witness's flags.
 	DirectorFlags []string
+	// AgentFlags are appended to every agent's flags.
+	AgentFlags []string
 }
 
 // Up builds a fresh lab and starts what opts asks for, then waits until every director
-// serves its API and every backend its HTTP port, as seen from the client. Previous
-// state under Dir (data, tls, logs) is removed: each Up is a new cluster. On failure
-// the lab is left as it is for inspection; Down removes it.
+// serves its API and every backend its HTTP port, as seen from the client; agents start
+// after the directors are up (they register on their own: Up does not wait for that).
+// Previous state under Dir (data, tls, logs, agent state) is removed: each Up is a new
+// cluster. On failure the lab is left as it is for inspection; Down removes it.
 func (l *Lab) Up(ctx context.Context, opts UpOptions) error {
 	bin := opts.Binary
-	if opts.StartDirectors || opts.StartBackends {
+	if opts.StartDirectors || opts.StartBackends || opts.StartAgents {
 		p, err := exec.LookPath(opts.Binary)
 		if err != nil {
 			return fmt.Errorf("find binary: %w", err)
@@ -50,7 +56,7 @@ func (l *Lab) Up(ctx context.Context, opts UpOptions) error {
 	if err := l.Build(ctx); err != nil {
 		return err
 	}
-	for _, d := range []string{l.dataDir(), l.TLSDir(), l.logDir(), l.gossipKeyFile()} {
+	for _, d := range []string{l.dataDir(), l.TLSDir(), l.logDir(), l.gossipKeyFile(), l.agentDir()} {
 		if err := os.RemoveAll(d); err != nil {
 			return fmt.Errorf("reset state: %w", err)
 		}
@@ -61,7 +67,7 @@ func (l *Lab) Up(ctx context.Context, opts UpOptions) error {
 		addr string
 	}
 	var waits []waitFor
-	if opts.StartDirectors {
+	if opts.StartDirectors || opts.StartAgents {
 		certs := opts.Certs
 		if certs == nil {
 			certs = TLSInit(bin)
@@ -72,6 +78,8 @@ func (l *Lab) Up(ctx context.Context, opts UpOptions) error {
 		if err := certs(ctx, l.TLSDir()); err != nil {
 			return fmt.Errorf("make certificates: %w", err)
 		}
+	}
+	if opts.StartDirectors {
 		if err := writeGossipKey(l.gossipKeyFile()); err != nil {
 			return err
 		}
@@ -97,9 +105,64 @@ func (l *Lab) Up(ctx context.Context, opts UpOptions) error {
 			return err
 		}
 	}
-	l.log.Info("lab up", "processes", len(waits))
+	started := len(waits)
+	if opts.StartAgents {
+		for _, h := range HostsWithRole(RoleRealserver) {
+			if _, err := l.StartAgent(bin, h.Name, opts.AgentFlags...); err != nil {
+				return err
+			}
+			started++
+		}
+	}
+	l.log.Info("lab up", "processes", started)
 	return nil
 }
+
+// AgentName is the process name (for Signal, logs and pid files) of realserver id's agent.
+func AgentName(id string) string { return "agent-" + id }
+
+// StartAgent starts realserver id's agent (again, e.g. after a test killed it) with
+// AgentArgs and extra flags. Its state directory is kept, so a restarted agent finds
+// what it owns and changes nothing that is in place.
+func (l *Lab) StartAgent(bin, id string, extra ...string) (*Proc, error) {
+	args, err := l.AgentArgs(id)
+	if err != nil {
+		return nil, err
+	}
+	return l.Start(id, AgentName(id), append(append([]string{bin}, args...), extra...)...)
+}
+
+// AgentArgs returns the flags (after the binary) that start realserver id's agent: its
+// own certificate, every director and the witness to fail over between, both links as
+// facing interfaces (DR and TUN arrive on eth0, NAT on eth1) and a state directory
+// under Dir. This is the one place the lab's agent command line is spelled out.
+func (l *Lab) AgentArgs(id string) ([]string, error) {
+	h, err := LookupHost(id)
+	if err != nil {
+		return nil, err
+	}
+	if h.Role != RoleRealserver {
+		return nil, fmt.Errorf("agent args for %s: %w: role %s", id, ErrUnknownHost, h.Role)
+	}
+	var directors []string
+	for _, d := range HostsWithRole(RoleDirector, RoleWitness) {
+		directors = append(directors, netip.AddrPortFrom(d.Front, APIPort).String())
+	}
+	tls := l.TLSDir()
+	return []string{
+		"agent",
+		"--id", id,
+		"--directors", strings.Join(directors, ","),
+		"--tls-ca", filepath.Join(tls, "ca.pem"),
+		"--tls-cert", filepath.Join(tls, "agent-"+id+".pem"),
+		"--tls-key", filepath.Join(tls, "agent-"+id+"-key.pem"),
+		"--iface", FrontIface + "," + InsideIface,
+		"--state-dir", l.AgentStateDir(id),
+	}, nil
+}
+
+// AgentStateDir is the state directory of realserver id's agent.
+func (l *Lab) AgentStateDir(id string) string { return filepath.Join(l.agentDir(), id) }
 
 // StartDirector starts director or witness id (again, e.g. after a test killed it) with
 // DirectorArgs and extra flags. Its data directory is kept, so a restart rejoins.
@@ -183,6 +246,7 @@ func TLSInit(bin string) func(ctx context.Context, tlsDir string) error {
 func (l *Lab) TLSDir() string { return filepath.Join(l.Dir, "tls") }
 
 func (l *Lab) dataDir() string       { return filepath.Join(l.Dir, "data") }
+func (l *Lab) agentDir() string      { return filepath.Join(l.Dir, "agent") }
 func (l *Lab) gossipKeyFile() string { return filepath.Join(l.Dir, "gossip.key") }
 
 // writeGossipKey writes a fresh 32-byte memberlist key (AES-256), base64 on one line.
