@@ -2,11 +2,13 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"io"
 	"net/http"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -27,14 +29,34 @@ func TestAPI(t *testing.T) {
 
 	lb, cl := c.admin(follower)
 	existing := tcpService("198.51.100.20", 80)
-	if _, err := lb.CreateService(callCtx(t), &raftlbv1.CreateServiceRequest{Service: existing}); err != nil {
-		t.Fatalf("create: %v", err)
-	}
+	createService(t, lb, existing)
 
 	t.Run("validation", func(t *testing.T) { testValidation(t, lb, cl, existing) })
 	t.Run("auth", func(t *testing.T) { testAuth(t, c, leader, follower) })
 	t.Run("unimplemented", func(t *testing.T) { testUnimplemented(t, c, follower) })
 	t.Run("metrics", func(t *testing.T) { testMetrics(t, c.nodes[0]) })
+	t.Run("raft refuses non-directors", func(t *testing.T) { testRaftRefuses(t, c, follower) })
+}
+
+// testRaftRefuses dials a director's Raft port with an admin certificate:
+// the chain is valid, the role is not, so the handshake fails.
+func testRaftRefuses(t *testing.T, c *testCluster, n *testNode) {
+	tc, err := pki.ClientTLS(filepath.Join(c.tlsDir, "ca.pem"), filepath.Join(c.tlsDir, "admin.pem"), filepath.Join(c.tlsDir, "admin-key.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc.ServerName = "127.0.0.1"
+	conn, err := tls.Dial("tcp", n.cfg.RaftAddr, tc)
+	if err != nil {
+		t.Fatalf("dial raft: %v (the client side should accept the director's certificate)", err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+	// TLS 1.3 reports the server's verdict on the client certificate on first read.
+	_, err = conn.Read(make([]byte, 1))
+	if err == nil || !strings.Contains(err.Error(), "bad certificate") {
+		t.Errorf("raft connection with an admin certificate: %v, want a bad certificate alert", err)
+	}
 }
 
 func testValidation(t *testing.T, lb raftlbv1.LoadBalancerServiceClient, cl raftlbv1.ClusterServiceClient,

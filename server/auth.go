@@ -23,9 +23,11 @@ var (
 	rolesCluster = []pki.Role{pki.RoleDirector}
 )
 
-// methodRoles says who may call what. A method missing from the table is
-// refused for everyone: new RPCs must be placed here deliberately.
-// Agents are further limited to their own id (see authorizeAgent).
+// methodRoles says who may call what in the public API. A method missing
+// from the table is refused for everyone: new RPCs must be placed here
+// deliberately. Agents are further limited to their own id (see
+// authorizeAgent). Every InternalService method is for directors only
+// (internalPrefix).
 var methodRoles = map[string][]pki.Role{
 	raftlbv1.LoadBalancerService_CreateService_FullMethodName:    rolesWrite,
 	raftlbv1.LoadBalancerService_UpdateService_FullMethodName:    rolesWrite,
@@ -53,9 +55,6 @@ var methodRoles = map[string][]pki.Role{
 	raftlbv1.ConnectionService_ListConnections_FullMethodName:  rolesRead,
 	raftlbv1.ConnectionService_FlushConnections_FullMethodName: rolesWrite,
 
-	raftlbv1.InternalService_Apply_FullMethodName:      rolesCluster,
-	raftlbv1.InternalService_GrantLease_FullMethodName: rolesCluster,
-
 	"/grpc.health.v1.Health/Check": rolesAll,
 	"/grpc.health.v1.Health/Watch": rolesAll,
 	"/grpc.health.v1.Health/List":  rolesAll,
@@ -63,6 +62,9 @@ var methodRoles = map[string][]pki.Role{
 	"/grpc.reflection.v1.ServerReflection/ServerReflectionInfo":      rolesRead,
 	"/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": rolesRead,
 }
+
+// internalPrefix covers the director-to-director service, whatever RPCs it grows.
+var internalPrefix = "/" + raftlbv1.InternalService_ServiceDesc.ServiceName + "/"
 
 type identityKey struct{}
 
@@ -96,6 +98,9 @@ func (a *authorizer) identify(ctx context.Context) (pki.Identity, error) {
 // req is nil for a stream whose first message has not arrived yet.
 func authorize(id pki.Identity, method string, req any) error {
 	roles, ok := methodRoles[method]
+	if strings.HasPrefix(method, internalPrefix) {
+		roles, ok = rolesCluster, true
+	}
 	if !ok || !slices.Contains(roles, id.Role) {
 		return fmt.Errorf("call %s as %s %q: %w", method, id.Role, id.Name, ErrPermissionDenied)
 	}

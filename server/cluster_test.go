@@ -3,11 +3,15 @@ package server
 import (
 	"context"
 	"fmt"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"io"
 	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
+	"strings"
 	"testing"
 	"time"
 
@@ -147,7 +151,9 @@ func (c *testCluster) stop(n *testNode) {
 			c.t.Errorf("run %s: %v", n.id, err)
 		}
 	case <-time.After(20 * time.Second):
-		c.t.Errorf("director %s did not stop", n.id)
+		var buf strings.Builder
+		_ = pprof.Lookup("goroutine").WriteTo(&buf, 2)
+		c.t.Errorf("director %s did not stop; goroutines:\n%s", n.id, buf.String())
 	}
 	n.running = false
 }
@@ -282,5 +288,28 @@ func (c *testCluster) follower(leader *testNode) *testNode {
 func tcpService(vip string, port uint32) *raftlbv1.VirtualService {
 	return &raftlbv1.VirtualService{
 		Key: &raftlbv1.ServiceKey{Vip: vip, Port: port, Protocol: raftlbv1.Protocol_PROTOCOL_TCP},
+	}
+}
+
+// createService creates svc the way a careful client does: a write whose
+// outcome is unknown (leadership moved under load) is retried, and
+// AlreadyExists after such a retry means the first attempt went through.
+func createService(t testing.TB, lb raftlbv1.LoadBalancerServiceClient, svc *raftlbv1.VirtualService) *raftlbv1.VirtualService {
+	t.Helper()
+	retried := false
+	for attempt := 0; ; attempt++ {
+		resp, err := lb.CreateService(callCtx(t), &raftlbv1.CreateServiceRequest{Service: svc})
+		switch code := status.Code(err); {
+		case err == nil:
+			return resp.GetService()
+		case code == codes.AlreadyExists && retried:
+			return svc
+		case code == codes.Unavailable && attempt < 5:
+			retried = true
+			time.Sleep(100 * time.Millisecond)
+		default:
+			t.Fatalf("create service %v: %v", svc.GetKey(), err)
+			return nil
+		}
 	}
 }

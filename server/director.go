@@ -48,8 +48,9 @@ type Listeners struct {
 type Option func(*options)
 
 type options struct {
-	listeners Listeners
-	dataplane Dataplane
+	listeners  Listeners
+	dataplane  Dataplane
+	fsmOptions []fsm.Option
 }
 
 // WithListeners makes the director serve on the given listeners instead of
@@ -60,10 +61,18 @@ func WithListeners(l Listeners) Option { return func(o *options) { o.listeners =
 // WithDataplane attaches the packet path; witnesses have none.
 func WithDataplane(dp Dataplane) Option { return func(o *options) { o.dataplane = dp } }
 
+// WithFSMOptions passes options to the state machine, e.g. the connection
+// hook through which the dataplane installs replicated entries.
+func WithFSMOptions(opts ...fsm.Option) Option {
+	return func(o *options) { o.fsmOptions = append(o.fsmOptions, opts...) }
+}
+
 // Director is one member of the director cluster. New prepares it; Run
 // starts Raft, the API and gossip and stops them all when its ctx ends.
 type Director struct {
-	cfg       Config
+	cfg Config
+	// base carries the id; each subsystem adds its component to it.
+	base      *slog.Logger
 	log       *slog.Logger
 	dataplane Dataplane
 
@@ -76,6 +85,7 @@ type Director struct {
 
 	metrics *metrics
 	fsm     *fsm.FSM
+	applied *appliedFSM // fsm, as handed to Raft
 
 	// Set by Run before anything can read them and never changed after.
 	raft   *raft.Raft
@@ -104,13 +114,20 @@ func New(cfg Config, log *slog.Logger, opts ...Option) (*Director, error) {
 	for _, opt := range opts {
 		opt(&o)
 	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	log = log.With("id", cfg.ID)
 	d := &Director{
 		cfg:       cfg,
-		log:       log.With("component", "director", "id", cfg.ID),
+		base:      log,
+		log:       log.With("component", "director"),
 		dataplane: o.dataplane,
 		metrics:   newMetrics(),
 		stopping:  make(chan struct{}),
 	}
+	d.fsm = fsm.New(log, o.fsmOptions...)
+	d.applied = &appliedFSM{FSM: d.fsm}
 	if !cfg.Insecure {
 		var err error
 		if d.serverTLS, err = pki.ServerTLS(cfg.TLSCA, cfg.TLSCert, cfg.TLSKey); err != nil {
@@ -268,7 +285,6 @@ func (d *Director) Run(ctx context.Context) error {
 
 func (d *Director) run(ctx context.Context) error {
 	defer d.closeListeners()
-	d.fsm = fsm.New(d.log)
 
 	rs, err := d.startRaft()
 	if err != nil {
@@ -277,7 +293,7 @@ func (d *Director) run(ctx context.Context) error {
 	defer rs.close(d.log)
 	d.raft = rs.raft
 
-	d.gossip, err = newGossip(d.cfg, d.gossipKey, d.self, d.log.With("component", "gossip"))
+	d.gossip, err = newGossip(d.cfg, d.gossipKey, d.self, d.base.With("component", "gossip"))
 	if err != nil {
 		d.shutdownRaft(rs)
 		return err
@@ -307,6 +323,12 @@ func (d *Director) run(ctx context.Context) error {
 	wg.Go(func() { d.gossip.joinLoop(bg, d.gossipCandidates) })
 	wg.Go(func() { d.metricsLoop(bg) })
 	wg.Go(func() { d.runReconciler(bg) })
+	if d.cfg.Insecure {
+		d.log.Warn("insecure mode: plaintext API and raft, every caller has all rights")
+	}
+	if d.gossipKey == nil {
+		d.log.Warn("gossip is not encrypted")
+	}
 	d.log.Info("director started", "addr", d.self.GetApiAddress(), "raft_addr", d.self.GetRaftAddress(),
 		"gossip_addr", d.self.GetGossipAddress(), "witness", d.cfg.Witness)
 
@@ -317,22 +339,45 @@ func (d *Director) run(ctx context.Context) error {
 		d.log.Error("director failing", "err", runErr)
 	}
 
-	// Graceful shutdown, in dependency order.
-	d.health.Shutdown()
-	close(d.stopping)
-	d.stopGRPC(srv)
-	if d.raft.State() == raft.Leader {
-		// Hand over now rather than make the others wait out an election timeout.
-		if err := d.raft.LeadershipTransfer().Error(); err != nil {
-			d.log.Warn("transfer leadership", "err", err)
+	// Graceful shutdown, in dependency order; a step that drags is logged.
+	step := func(name string, fn func()) {
+		start := time.Now()
+		fn()
+		if took := time.Since(start); took > time.Second {
+			d.log.Warn("slow shutdown step", "step", name, "took", took)
 		}
 	}
+	d.health.Shutdown()
+	close(d.stopping)
+	step("stop api", func() { d.stopGRPC(srv) })
+	step("transfer leadership", func() {
+		if d.raft.State() == raft.Leader && d.otherVoters() {
+			// Hand over now rather than make the others wait out an election timeout.
+			if err := d.raft.LeadershipTransfer().Error(); err != nil {
+				d.log.Warn("transfer leadership", "err", err)
+			}
+		}
+	})
 	cancelBG()
-	wg.Wait()
-	d.gossip.leave(time.Second)
-	d.shutdownRaft(rs)
+	step("stop loops", wg.Wait)
+	step("leave gossip", func() { d.gossip.leave(time.Second) })
+	step("stop raft", func() { d.shutdownRaft(rs) })
 	d.log.Info("director stopped")
 	return runErr
+}
+
+// otherVoters reports whether the Raft configuration has a voter besides this one.
+func (d *Director) otherVoters() bool {
+	f := d.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return false
+	}
+	for _, srv := range f.Configuration().Servers {
+		if srv.Suffrage == raft.Voter && string(srv.ID) != d.cfg.ID {
+			return true
+		}
+	}
+	return false
 }
 
 // stopGRPC lets in-flight calls finish for a moment, then cuts the rest.
@@ -386,7 +431,7 @@ func (d *Director) raftConfig() *raft.Config {
 	rc.LeaderLeaseTimeout = d.cfg.LeaderLeaseTimeout
 	rc.CommitTimeout = d.cfg.CommitTimeout
 	rc.SnapshotThreshold = d.cfg.SnapshotThreshold
-	rc.Logger = newHCLog(d.log.With("component", "raft"), "raft", hclog.Warn)
+	rc.Logger = newHCLog(d.base.With("component", "raft"), "raft", hclog.Warn)
 	return rc
 }
 
@@ -412,7 +457,8 @@ func (d *Director) startRaft() (*raftStores, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open snapshot store: %w", err)
 	}
-	stream, err := newStreamLayer(d.raftLis, d.self.GetRaftAddress(), d.serverTLS, d.clientTLS)
+	stream, err := newStreamLayer(d.raftLis, d.self.GetRaftAddress(), d.serverTLS, d.clientTLS,
+		d.base.With("component", "raft"))
 	if err != nil {
 		return nil, err
 	}
@@ -421,6 +467,14 @@ func (d *Director) startRaft() (*raftStores, error) {
 		MaxPool: 3,
 		Timeout: 10 * time.Second,
 		Logger:  rc.Logger.Named("net"),
+		// One RPC in flight turns pipelined replication off. raft v1.8's
+		// pipeline can deadlock when a follower rejects an append (e.g. a
+		// newer term during a leadership transfer): the sender parks on an
+		// unbuffered channel nobody drains, replication to that follower stops
+		// while heartbeats continue, and Shutdown never returns. Seen in our
+		// failover tests; also hashicorp/raft#612 and grafana/pyroscope#5518.
+		// Synchronous appends still batch up to MaxAppendEntries per RPC.
+		MaxRPCsInFlight: 1,
 	})
 
 	existing, err := raft.HasExistingState(rs.bolt, rs.bolt, snaps)
@@ -450,7 +504,7 @@ func (d *Director) startRaft() (*raftStores, error) {
 		}
 		d.log.Info("bootstrapped raft cluster", "peers", len(ids))
 	}
-	rs.raft, err = raft.NewRaft(rc, d.fsm, rs.bolt, rs.bolt, snaps, rs.transport)
+	rs.raft, err = raft.NewRaft(rc, d.applied, rs.bolt, rs.bolt, snaps, rs.transport)
 	if err != nil {
 		return nil, fmt.Errorf("start raft: %w", err)
 	}
@@ -469,14 +523,19 @@ func (d *Director) leaderLoop(ctx context.Context) {
 	})
 	d.raft.RegisterObserver(obs)
 	defer d.raft.DeregisterObserver(obs)
+	var last raft.ServerID
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case o := <-obsCh:
 			lo := o.Data.(raft.LeaderObservation)
-			d.metrics.leaderChanges.Inc()
 			d.log.Info("raft leader changed", "leader", string(lo.LeaderID), "term", d.raft.CurrentTerm())
+			// Count arrivals of a different leader, not the gaps between leaders.
+			if lo.LeaderID != "" && lo.LeaderID != last {
+				d.metrics.leaderChanges.Inc()
+				last = lo.LeaderID
+			}
 		case isLeader := <-d.raft.LeaderCh():
 			if !isLeader {
 				d.log.Info("lost raft leadership")

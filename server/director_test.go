@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"fmt"
 	"testing"
 	"time"
@@ -22,11 +23,8 @@ func TestReplicationFailoverRestart(t *testing.T) {
 
 	lb, _ := c.admin(follower)
 	svc := tcpService("198.51.100.10", 80)
-	created, err := lb.CreateService(callCtx(t), &raftlbv1.CreateServiceRequest{Service: svc})
-	if err != nil {
-		t.Fatalf("create service through follower %s: %v", follower.id, err)
-	}
-	if diff := cmp.Diff(svc.GetKey(), created.GetService().GetKey(), protocmp.Transform()); diff != "" {
+	created := createService(t, lb, svc)
+	if diff := cmp.Diff(svc.GetKey(), created.GetKey(), protocmp.Transform()); diff != "" {
 		t.Errorf("created key (-want +got):\n%s", diff)
 	}
 	rs := &raftlbv1.Realserver{Address: "192.0.2.11", Weight: 1, Method: raftlbv1.ForwardingMethod_FORWARDING_METHOD_DR}
@@ -48,6 +46,19 @@ func TestReplicationFailoverRestart(t *testing.T) {
 	// Local reads converge.
 	waitServices(t, c, c.nodes, 1)
 
+	// A watcher on a follower sees the list now and keeps its stream
+	// through the failover.
+	wctx, wcancel := context.WithCancel(callCtx(t))
+	defer wcancel()
+	watch, err := lb.WatchServices(wctx, &raftlbv1.WatchServicesRequest{})
+	if err != nil {
+		t.Fatalf("watch services: %v", err)
+	}
+	first, err := watch.Recv()
+	if err != nil || len(first.GetServices()) != 1 {
+		t.Fatalf("first watch message: %v, %v; want one service", first, err)
+	}
+
 	// The leader goes away: a new one with a higher term, state intact, writes go on.
 	c.stop(leader)
 	newLeader, newTerm := c.waitLeader()
@@ -59,9 +70,20 @@ func TestReplicationFailoverRestart(t *testing.T) {
 	}
 	survivor := c.follower(newLeader)
 	lb, _ = c.admin(survivor)
-	if _, err := lb.CreateService(callCtx(t), &raftlbv1.CreateServiceRequest{Service: tcpService("198.51.100.11", 443)}); err != nil {
-		t.Fatalf("create after failover: %v", err)
+	createService(t, lb, tcpService("198.51.100.11", 443))
+	for {
+		msg, err := watch.Recv()
+		if err != nil {
+			t.Fatalf("watch across failover: %v", err)
+		}
+		if msg.GetGeneration() <= first.GetGeneration() {
+			t.Fatalf("watch generation went from %d to %d", first.GetGeneration(), msg.GetGeneration())
+		}
+		if len(msg.GetServices()) == 2 {
+			break
+		}
 	}
+	wcancel()
 	got, err := lb.ListServices(callCtx(t), &raftlbv1.ListServicesRequest{Consistent: true})
 	if err != nil {
 		t.Fatalf("list after failover: %v", err)

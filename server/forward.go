@@ -155,6 +155,9 @@ func (d *Director) onLeader(ctx context.Context, idempotent bool,
 			lastErr = err
 		}
 		if !sleepCtx(ctx, backoff) {
+			if lastErr == nil {
+				return fmt.Errorf("reach raft leader: %w", ctx.Err())
+			}
 			return fmt.Errorf("reach raft leader: %w (last: %w)", ctx.Err(), lastErr)
 		}
 		backoff = min(2*backoff, 200*time.Millisecond)
@@ -194,14 +197,14 @@ func (d *Director) propose(ctx context.Context, cmd *raftlbv1.Command) (*raftlbv
 // applied it too (normally one commit round, a few milliseconds). The write
 // is committed either way, so giving up after a while is not an error.
 func (d *Director) waitApplied(ctx context.Context, index uint64) {
-	if index == 0 || d.raft.AppliedIndex() >= index {
+	if index == 0 || d.applied.index.Load() >= index {
 		return
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	t := time.NewTicker(time.Millisecond)
 	defer t.Stop()
-	for d.raft.AppliedIndex() < index {
+	for d.applied.index.Load() < index {
 		select {
 		case <-ctx.Done():
 			return

@@ -5,7 +5,9 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -16,30 +18,46 @@ import (
 // ErrNotDirector is returned when a Raft peer's certificate lacks the director role.
 var ErrNotDirector = errors.New("peer certificate is not a director's")
 
+// handshakeTimeout bounds a Raft peer's TLS handshake, so a silent or hostile
+// client cannot hold a connection open unauthenticated.
+const handshakeTimeout = 5 * time.Second
+
 // streamLayer is the Raft transport's listener and dialer. With TLS both ends
 // present director certificates and each checks the other's role, so only
-// directors can join the replication stream.
+// directors can join the replication stream. Incoming handshakes complete
+// (with a deadline) before Raft sees the connection.
 type streamLayer struct {
-	net.Listener
+	ln        net.Listener
 	advertise net.Addr
 	server    *tls.Config // nil in insecure mode
 	client    *tls.Config
+	log       *slog.Logger
+
+	conns     chan net.Conn
+	closed    chan struct{}
+	closeOnce sync.Once
+	closeErr  error
 }
 
 var _ raft.StreamLayer = (*streamLayer)(nil)
 
-func newStreamLayer(l net.Listener, advertise string, server, client *tls.Config) (*streamLayer, error) {
+// newStreamLayer starts accepting on l; Close stops it.
+func newStreamLayer(l net.Listener, advertise string, server, client *tls.Config, log *slog.Logger) (*streamLayer, error) {
 	addr, err := net.ResolveTCPAddr("tcp", advertise)
 	if err != nil {
 		return nil, fmt.Errorf("resolve raft address: %w", err)
 	}
-	s := &streamLayer{Listener: l, advertise: addr}
+	s := &streamLayer{
+		ln: l, advertise: addr, log: log,
+		conns: make(chan net.Conn), closed: make(chan struct{}),
+	}
 	if server != nil {
 		s.server = server.Clone()
 		s.server.VerifyConnection = requireDirector
 		s.client = client.Clone()
 		s.client.VerifyConnection = requireDirector
 	}
+	go s.acceptLoop()
 	return s, nil
 }
 
@@ -62,17 +80,72 @@ func checkDirectorCert(c *x509.Certificate) error {
 	return nil
 }
 
-// Accept hands Raft a connection whose handshake runs on first use, so a slow
-// or hostile peer cannot stall the accept loop.
-func (s *streamLayer) Accept() (net.Conn, error) {
-	c, err := s.Listener.Accept()
-	if err != nil {
-		return nil, err
+// acceptLoop runs until the listener is closed.
+func (s *streamLayer) acceptLoop() {
+	for {
+		c, err := s.ln.Accept()
+		if err != nil {
+			select {
+			case <-s.closed:
+				return
+			default:
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			s.log.Warn("accept raft connection", "err", err)
+			select {
+			case <-s.closed:
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+			continue
+		}
+		go s.handshake(c)
 	}
+}
+
+func (s *streamLayer) handshake(c net.Conn) {
 	if s.server == nil {
-		return c, nil
+		s.deliver(c)
+		return
 	}
-	return tls.Server(c, s.server), nil
+	tc := tls.Server(c, s.server)
+	_ = c.SetDeadline(time.Now().Add(handshakeTimeout)) // A failure shows up in Handshake.
+	if err := tc.Handshake(); err != nil {
+		s.log.Warn("refused raft peer", "addr", c.RemoteAddr().String(), "err", err)
+		_ = c.Close() // Refused; nothing more to say to it.
+		return
+	}
+	_ = c.SetDeadline(time.Time{}) // Raft sets its own deadlines per RPC.
+	s.deliver(tc)
+}
+
+func (s *streamLayer) deliver(c net.Conn) {
+	select {
+	case s.conns <- c:
+	case <-s.closed:
+		_ = c.Close() // Shutting down.
+	}
+}
+
+// Accept returns the next authenticated connection.
+func (s *streamLayer) Accept() (net.Conn, error) {
+	select {
+	case c := <-s.conns:
+		return c, nil
+	case <-s.closed:
+		return nil, net.ErrClosed
+	}
+}
+
+// Close stops accepting; Raft's transport calls it on shutdown.
+func (s *streamLayer) Close() error {
+	s.closeOnce.Do(func() {
+		close(s.closed)
+		s.closeErr = s.ln.Close()
+	})
+	return s.closeErr
 }
 
 // Addr is the advertised address, which Raft stores in its configuration.

@@ -70,6 +70,8 @@ func TestAuthorize(t *testing.T) {
 		{"admin writes", admin, raftlbv1.LoadBalancerService_CreateService_FullMethodName, nil, true},
 		{"admin not internal", admin, raftlbv1.InternalService_Apply_FullMethodName, nil, false},
 		{"director internal", director, raftlbv1.InternalService_Apply_FullMethodName, nil, true},
+		{"admin no other internal", admin, "/raftlb.v1.InternalService/Anything", nil, false},
+		{"agent not internal", agent, raftlbv1.InternalService_Apply_FullMethodName, &raftlbv1.ApplyRequest{}, false},
 		{"reader reads", reader, raftlbv1.LoadBalancerService_WatchServices_FullMethodName, nil, true},
 		{"reader status", reader, raftlbv1.ClusterService_GetStatus_FullMethodName, nil, true},
 		{"reader agents", reader, raftlbv1.AgentService_ListAgents_FullMethodName, nil, true},
@@ -105,7 +107,6 @@ func TestAuthorize(t *testing.T) {
 		{raftlbv1.ClusterService_ServiceDesc.ServiceName, len(raftlbv1.ClusterService_ServiceDesc.Methods)},
 		{raftlbv1.AgentService_ServiceDesc.ServiceName, len(raftlbv1.AgentService_ServiceDesc.Methods) + len(raftlbv1.AgentService_ServiceDesc.Streams)},
 		{raftlbv1.ConnectionService_ServiceDesc.ServiceName, len(raftlbv1.ConnectionService_ServiceDesc.Methods)},
-		{raftlbv1.InternalService_ServiceDesc.ServiceName, len(raftlbv1.InternalService_ServiceDesc.Methods)},
 	} {
 		n := 0
 		for m := range methodRoles {
