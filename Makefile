@@ -92,7 +92,10 @@ bench:
 	$(GO) test -run '^$$' -bench . -benchmem -count $(BENCH_COUNT) ./server/... ./dataplane/... | tee bin/bench-go.txt
 	@# Lab benchmarks (root): each run brings up its own lab, so they run apart from the rest.
 	$(GO) test -run '^$$' -bench . -count $(BENCH_COUNT) ./deploy/e2e/ | tee -a bin/bench-go.txt
+	@# Packets/s through a director in a netns lab (root, ~8 min): a section of its own.
+	$(GO) run ./deploy/bench/pps -o bin/bench-pps.md
 	$(GO) run ./deploy/bench -o BENCHMARKS.md bin/bench-go.txt
+	cat bin/bench-pps.md >> BENCHMARKS.md
 
 ## Lab
 

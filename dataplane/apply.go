@@ -160,7 +160,7 @@ func (d *Dataplane) applyOwned(s State) error {
 		if _, ok := want[a]; ok {
 			continue
 		}
-		if err := d.objs.Owned.Delete(be32(a)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		if err := d.index.del(ownedIndexKey(a)); err != nil {
 			return fmt.Errorf("delete owned address %s: %w", a, err)
 		}
 		if err := d.objs.Leases.Put(o.leaseIdx, uint64(0)); err != nil {
@@ -185,7 +185,7 @@ func (d *Dataplane) applyOwned(s State) error {
 			}
 		}
 		o.flags = flags
-		if err := d.objs.Owned.Put(be32(a), directorOwned{LeaseIdx: o.leaseIdx, Flags: flags}); err != nil {
+		if err := d.index.put(ownedIndexKey(a), ownedIndexVal(o.leaseIdx, flags)); err != nil {
 			return fmt.Errorf("write owned address %s: %w", a, err)
 		}
 		d.st.owned[a] = o
@@ -224,7 +224,12 @@ func (d *Dataplane) applyServices(svcs []Service) error {
 
 func (d *Dataplane) removeService(si *svcInfo) error {
 	k := si.svc.ServiceKey
-	if err := d.objs.Services.Delete(svcKeyToWire(k)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+	// Out of the index first: a packet that still finds the id sees an
+	// entry whose key no longer matches.
+	if err := d.index.del(svcIndexKey(k)); err != nil {
+		return fmt.Errorf("delete service %s: %w", k, err)
+	}
+	if err := d.objs.Services.Put(si.id, directorSvc{}); err != nil {
 		return fmt.Errorf("delete service %s: %w", k, err)
 	}
 	if err := d.objs.SvcTables.Delete(si.id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
@@ -327,7 +332,12 @@ func (d *Dataplane) applyService(s Service, macs map[netip.Addr]net.HardwareAddr
 		PersistNs: uint64(s.Persistence),
 		RefreshNs: uint64(d.refreshInterval(si.timeouts)),
 	}
-	if err := d.objs.Services.Put(svcKeyToWire(k), w); err != nil {
+	wk := svcKeyToWire(k)
+	w.Key.Addr, w.Key.Port, w.Key.Proto = wk.Addr, wk.Port, wk.Proto
+	if err := d.objs.Services.Put(si.id, w); err != nil {
+		return fmt.Errorf("write service %s: %w", k, err)
+	}
+	if err := d.index.put(svcIndexKey(k), si.id); err != nil {
 		return fmt.Errorf("write service %s: %w", k, err)
 	}
 	d.st.svcs[k] = si

@@ -98,6 +98,10 @@ func newConnFrames(b *testing.B, d *Dataplane) func(int) []byte {
 
 func BenchmarkXDP(b *testing.B) {
 	est := tcpFrame(client, 40000, vip, 80, pkt.ACK, make([]byte, 64))
+	b.Run("empty", func(b *testing.B) {
+		needRoot(b)
+		repeat(b, emptyProg(b, ebpf.XDP), xdpPass, est)
+	})
 	b.Run("dr/established", func(b *testing.B) {
 		d := benchDataplane(b, DR)
 		run(b, d.objs.XdpFront, est)

@@ -160,6 +160,8 @@ type Dataplane struct {
 	objs  directorObjects
 	inner *ebpf.MapSpec // template of the per-service tables
 	clk   clock
+	index *vipIndex
+	tick  jiffyClock // how the programs read the time
 	neigh neighbours
 	links []link.Link
 
@@ -267,6 +269,11 @@ func load(cfg Config, neigh neighbours, front, inside iface) (*Dataplane, error)
 		}
 		return nil, fmt.Errorf("load director programs: %w", err)
 	}
+	d.index = &vipIndex{m: d.objs.VipIndex}
+	if d.tick, err = calibrateJiffies(d.objs.ClockProbe, d.objs.ClockSamples); err != nil {
+		d.objs.Close()
+		return nil, err
+	}
 	if err := d.writeConfig(netip.Addr{}); err != nil {
 		d.objs.Close()
 		return nil, err
@@ -279,6 +286,9 @@ func (d *Dataplane) writeConfig(frontAddr netip.Addr) error {
 		FrontIfindex:  uint32(d.front.index),
 		InsideIfindex: uint32(d.inside.index),
 		FrontMtu:      uint32(d.front.mtu),
+		TickNs:        d.tick.tickNs,
+		ClockOff:      d.tick.off,
+		WakeBytes:     uint64(d.cfg.RingBufferSize / 4),
 	}
 	if c.FrontMtu == 0 {
 		c.FrontMtu = 1500

@@ -13,6 +13,12 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type directorClockSample struct {
+	_        structs.HostLayout
+	Jiffies  uint64
+	CoarseNs uint64
+}
+
 type directorConfig struct {
 	_             structs.HostLayout
 	FrontAddr     uint32
@@ -22,6 +28,9 @@ type directorConfig struct {
 	FrontMac      [6]uint8
 	InsideMac     [6]uint8
 	FrontMtu      uint32
+	TickNs        uint64
+	ClockOff      uint64
+	WakeBytes     uint64
 }
 
 type directorConn struct {
@@ -65,10 +74,10 @@ type directorEvent struct {
 	SvcId  uint32
 }
 
-type directorOwned struct {
-	_        structs.HostLayout
-	LeaseIdx uint32
-	Flags    uint32
+type directorIdxBucket struct {
+	_   structs.HostLayout
+	Key [4]uint64
+	Val [4]uint32
 }
 
 type directorPersist struct {
@@ -126,41 +135,42 @@ type directorSvc struct {
 	TableLen  uint32
 	PersistNs uint64
 	RefreshNs uint64
-}
-
-type directorSvcKey struct {
-	_     structs.HostLayout
-	Addr  uint32
-	Port  uint16
-	Proto uint8
-	Pad   uint8
+	Key       struct {
+		_     structs.HostLayout
+		Addr  uint32
+		Port  uint16
+		Proto uint8
+		Pad   uint8
+	}
 }
 
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	directorMapCfg         = "cfg"
-	directorMapConns       = "conns"
-	directorMapEvents      = "events"
-	directorMapLeases      = "leases"
-	directorMapOwned       = "owned"
-	directorMapPersist     = "persist"
-	directorMapReals       = "reals"
-	directorMapReasons     = "reasons"
-	directorMapRnat        = "rnat"
-	directorMapRrCursor    = "rr_cursor"
-	directorMapRsAdjust    = "rs_adjust"
-	directorMapRsOpened    = "rs_opened"
-	directorMapRsStats     = "rs_stats"
-	directorMapServices    = "services"
-	directorMapSvcStats    = "svc_stats"
-	directorMapSvcTables   = "svc_tables"
-	directorProgTcFront    = "tc_front"
-	directorProgTcInside   = "tc_inside"
-	directorProgXdpFront   = "xdp_front"
-	directorProgXdpInside  = "xdp_inside"
-	directorVarUnusedEvent = "unused_event"
+	directorMapCfg          = "cfg"
+	directorMapClockSamples = "clock_samples"
+	directorMapConns        = "conns"
+	directorMapEvents       = "events"
+	directorMapLeases       = "leases"
+	directorMapPersist      = "persist"
+	directorMapReals        = "reals"
+	directorMapReasons      = "reasons"
+	directorMapRnat         = "rnat"
+	directorMapRrCursor     = "rr_cursor"
+	directorMapRsAdjust     = "rs_adjust"
+	directorMapRsOpened     = "rs_opened"
+	directorMapRsStats      = "rs_stats"
+	directorMapServices     = "services"
+	directorMapSvcStats     = "svc_stats"
+	directorMapSvcTables    = "svc_tables"
+	directorMapVipIndex     = "vip_index"
+	directorProgClockProbe  = "clock_probe"
+	directorProgTcFront     = "tc_front"
+	directorProgTcInside    = "tc_inside"
+	directorProgXdpFront    = "xdp_front"
+	directorProgXdpInside   = "xdp_inside"
+	directorVarUnusedEvent  = "unused_event"
 )
 
 // loadDirector returns the embedded CollectionSpec for director.
@@ -205,32 +215,34 @@ type directorSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type directorProgramSpecs struct {
-	TcFront   *ebpf.ProgramSpec `ebpf:"tc_front"`
-	TcInside  *ebpf.ProgramSpec `ebpf:"tc_inside"`
-	XdpFront  *ebpf.ProgramSpec `ebpf:"xdp_front"`
-	XdpInside *ebpf.ProgramSpec `ebpf:"xdp_inside"`
+	ClockProbe *ebpf.ProgramSpec `ebpf:"clock_probe"`
+	TcFront    *ebpf.ProgramSpec `ebpf:"tc_front"`
+	TcInside   *ebpf.ProgramSpec `ebpf:"tc_inside"`
+	XdpFront   *ebpf.ProgramSpec `ebpf:"xdp_front"`
+	XdpInside  *ebpf.ProgramSpec `ebpf:"xdp_inside"`
 }
 
 // directorMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type directorMapSpecs struct {
-	Cfg       *ebpf.MapSpec `ebpf:"cfg"`
-	Conns     *ebpf.MapSpec `ebpf:"conns"`
-	Events    *ebpf.MapSpec `ebpf:"events"`
-	Leases    *ebpf.MapSpec `ebpf:"leases"`
-	Owned     *ebpf.MapSpec `ebpf:"owned"`
-	Persist   *ebpf.MapSpec `ebpf:"persist"`
-	Reals     *ebpf.MapSpec `ebpf:"reals"`
-	Reasons   *ebpf.MapSpec `ebpf:"reasons"`
-	Rnat      *ebpf.MapSpec `ebpf:"rnat"`
-	RrCursor  *ebpf.MapSpec `ebpf:"rr_cursor"`
-	RsAdjust  *ebpf.MapSpec `ebpf:"rs_adjust"`
-	RsOpened  *ebpf.MapSpec `ebpf:"rs_opened"`
-	RsStats   *ebpf.MapSpec `ebpf:"rs_stats"`
-	Services  *ebpf.MapSpec `ebpf:"services"`
-	SvcStats  *ebpf.MapSpec `ebpf:"svc_stats"`
-	SvcTables *ebpf.MapSpec `ebpf:"svc_tables"`
+	Cfg          *ebpf.MapSpec `ebpf:"cfg"`
+	ClockSamples *ebpf.MapSpec `ebpf:"clock_samples"`
+	Conns        *ebpf.MapSpec `ebpf:"conns"`
+	Events       *ebpf.MapSpec `ebpf:"events"`
+	Leases       *ebpf.MapSpec `ebpf:"leases"`
+	Persist      *ebpf.MapSpec `ebpf:"persist"`
+	Reals        *ebpf.MapSpec `ebpf:"reals"`
+	Reasons      *ebpf.MapSpec `ebpf:"reasons"`
+	Rnat         *ebpf.MapSpec `ebpf:"rnat"`
+	RrCursor     *ebpf.MapSpec `ebpf:"rr_cursor"`
+	RsAdjust     *ebpf.MapSpec `ebpf:"rs_adjust"`
+	RsOpened     *ebpf.MapSpec `ebpf:"rs_opened"`
+	RsStats      *ebpf.MapSpec `ebpf:"rs_stats"`
+	Services     *ebpf.MapSpec `ebpf:"services"`
+	SvcStats     *ebpf.MapSpec `ebpf:"svc_stats"`
+	SvcTables    *ebpf.MapSpec `ebpf:"svc_tables"`
+	VipIndex     *ebpf.MapSpec `ebpf:"vip_index"`
 }
 
 // directorVariableSpecs contains global variables before they are loaded into the kernel.
@@ -260,31 +272,32 @@ func (o *directorObjects) Close() error {
 //
 // It can be passed to loadDirectorObjects or ebpf.CollectionSpec.LoadAndAssign.
 type directorMaps struct {
-	Cfg       *ebpf.Map `ebpf:"cfg"`
-	Conns     *ebpf.Map `ebpf:"conns"`
-	Events    *ebpf.Map `ebpf:"events"`
-	Leases    *ebpf.Map `ebpf:"leases"`
-	Owned     *ebpf.Map `ebpf:"owned"`
-	Persist   *ebpf.Map `ebpf:"persist"`
-	Reals     *ebpf.Map `ebpf:"reals"`
-	Reasons   *ebpf.Map `ebpf:"reasons"`
-	Rnat      *ebpf.Map `ebpf:"rnat"`
-	RrCursor  *ebpf.Map `ebpf:"rr_cursor"`
-	RsAdjust  *ebpf.Map `ebpf:"rs_adjust"`
-	RsOpened  *ebpf.Map `ebpf:"rs_opened"`
-	RsStats   *ebpf.Map `ebpf:"rs_stats"`
-	Services  *ebpf.Map `ebpf:"services"`
-	SvcStats  *ebpf.Map `ebpf:"svc_stats"`
-	SvcTables *ebpf.Map `ebpf:"svc_tables"`
+	Cfg          *ebpf.Map `ebpf:"cfg"`
+	ClockSamples *ebpf.Map `ebpf:"clock_samples"`
+	Conns        *ebpf.Map `ebpf:"conns"`
+	Events       *ebpf.Map `ebpf:"events"`
+	Leases       *ebpf.Map `ebpf:"leases"`
+	Persist      *ebpf.Map `ebpf:"persist"`
+	Reals        *ebpf.Map `ebpf:"reals"`
+	Reasons      *ebpf.Map `ebpf:"reasons"`
+	Rnat         *ebpf.Map `ebpf:"rnat"`
+	RrCursor     *ebpf.Map `ebpf:"rr_cursor"`
+	RsAdjust     *ebpf.Map `ebpf:"rs_adjust"`
+	RsOpened     *ebpf.Map `ebpf:"rs_opened"`
+	RsStats      *ebpf.Map `ebpf:"rs_stats"`
+	Services     *ebpf.Map `ebpf:"services"`
+	SvcStats     *ebpf.Map `ebpf:"svc_stats"`
+	SvcTables    *ebpf.Map `ebpf:"svc_tables"`
+	VipIndex     *ebpf.Map `ebpf:"vip_index"`
 }
 
 func (m *directorMaps) Close() error {
 	return _DirectorClose(
 		m.Cfg,
+		m.ClockSamples,
 		m.Conns,
 		m.Events,
 		m.Leases,
-		m.Owned,
 		m.Persist,
 		m.Reals,
 		m.Reasons,
@@ -296,6 +309,7 @@ func (m *directorMaps) Close() error {
 		m.Services,
 		m.SvcStats,
 		m.SvcTables,
+		m.VipIndex,
 	)
 }
 
@@ -310,14 +324,16 @@ type directorVariables struct {
 //
 // It can be passed to loadDirectorObjects or ebpf.CollectionSpec.LoadAndAssign.
 type directorPrograms struct {
-	TcFront   *ebpf.Program `ebpf:"tc_front"`
-	TcInside  *ebpf.Program `ebpf:"tc_inside"`
-	XdpFront  *ebpf.Program `ebpf:"xdp_front"`
-	XdpInside *ebpf.Program `ebpf:"xdp_inside"`
+	ClockProbe *ebpf.Program `ebpf:"clock_probe"`
+	TcFront    *ebpf.Program `ebpf:"tc_front"`
+	TcInside   *ebpf.Program `ebpf:"tc_inside"`
+	XdpFront   *ebpf.Program `ebpf:"xdp_front"`
+	XdpInside  *ebpf.Program `ebpf:"xdp_inside"`
 }
 
 func (p *directorPrograms) Close() error {
 	return _DirectorClose(
+		p.ClockProbe,
 		p.TcFront,
 		p.TcInside,
 		p.XdpFront,

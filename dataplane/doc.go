@@ -1,2 +1,61 @@
-// Package dataplane is the director's packet path.
+// Package dataplane is the director's packet path: the XDP and TC
+// programs under bpf/ (built with bpf2go; the generated *_bpfel.go and
+// *_bpfel.o are committed so no clang is needed to build) and the Go API
+// that loads them and programs their maps from the replicated state.
+//
+// It owns:
+//   - XDP on the front interface: ARP and ICMP echo for owned addresses
+//     (VIPs), DR (MAC rewrite, XDP_TX) and TUN (IPv4-in-IPv4, XDP_TX);
+//     ICMP errors about a VIP connection go to its realserver.
+//   - XDP on the inside interface: ARP and ICMP echo for the NAT gateway.
+//   - TC (tcx ingress) on both: NAT in both directions with checksum
+//     helpers that are right for full and partial checksums and GSO, and
+//     bpf_redirect_neigh; also DR/TUN for GSO packets too big for XDP to
+//     encapsulate (generic XDP on veth), so the kernel can segment them.
+//   - The connection table (a hash, not an LRU), reverse-NAT and
+//     persistence tables, per-service lookup tables (Maglev, computed in
+//     dataplane/maglev), leases, per-CPU counters and the event ring.
+//   - The address index: services and owned addresses in a two-choice,
+//     four-way bucketed array (vip_index), so the packet path finds them
+//     with inlined array loads; hash-map lookups are calls and cost far
+//     more. The only hash lookup of an established packet is its
+//     connection's.
+//   - InstallDecap/RemoveDecap: the realserver's TC decapsulation program
+//     for kernels without the ipip module.
+//
+// Fencing: every answer and every forwarded packet for an owned address
+// is gated by that address's lease deadline (CLOCK_MONOTONIC, tick
+// resolution) in a BPF map; SetLease extends it. The programs read the
+// clock as jiffies scaled by a calibration made at load, which runs at
+// most two ticks ahead: a lease ends that much early, never late. When the deadline passes,
+// or the process dies and its XDP/tcx links go with it, the director falls
+// silent by itself. No VIP or gateway address is put on a kernel
+// interface. Traffic for an owned address that no program translates is
+// dropped, never handed to the kernel.
+//
+// Connections: an entry maps the client 5-tuple to a realserver; its state
+// follows the client's TCP flags as in LVS (SYN_RECV, ESTABLISHED,
+// FIN_WAIT, CLOSE after an RST; UDP), with per-service idle timeouts
+// (IPVS defaults). Run's sweeper removes idle entries and reports each as
+// EventClose; the programs report new entries, state changes and periodic
+// refreshes of live ones. A connection keeps its realserver while that
+// realserver is configured (drained, weight 0 or unhealthy included); when
+// its realserver is removed, its next packet is scheduled afresh. When the
+// table or the ring is full, packets are still forwarded by the scheduler
+// (Maglev agrees across directors) and the loss is counted.
+//
+// Sysctls: Open sets, for the front and inside interfaces,
+//   - net.ipv4.conf.<iface>.forwarding=0: what the programs pass up is
+//     meant for the director itself; a NAT reply or VIP packet that misses
+//     its table entry must die here instead of being routed on
+//     untranslated. bpf_redirect_neigh and XDP_TX need no forwarding.
+//   - net.ipv4.conf.<iface>.send_redirects=0: the director never tells
+//     hosts to bypass it.
+//
+// rp_filter needs no change: translated packets are redirected before the
+// IP layer's source check. Config.KeepSysctls leaves all of them alone.
+//
+// Attach mode: generic XDP on veth (native XDP on veth needs a program on
+// the peer and loses partial checksums), native on other NICs, with a
+// fallback to generic; Config.AttachMode overrides.
 package dataplane

@@ -14,10 +14,14 @@ import (
 // maxBatch bounds the events handed to onEvent at once.
 const maxBatch = 1024
 
+// eventPoll bounds how long an event waits in the ring for the reader.
+const eventPoll = 20 * time.Millisecond
+
 // Run reads connection events from the programs, expires idle
 // connections (reporting each as EventClose) and keeps next-hop MACs
 // current, until ctx is done. onEvent is called from Run's goroutine only,
-// with batches it may keep.
+// with batches it may keep. An event waits in the ring for at most
+// eventPoll, less when the ring fills up.
 func (d *Dataplane) Run(ctx context.Context, onEvent func([]Event)) error {
 	rd, err := ringbuf.NewReader(d.objs.Events)
 	if err != nil {
@@ -71,7 +75,9 @@ func (d *Dataplane) Run(ctx context.Context, onEvent func([]Event)) error {
 func (d *Dataplane) readEvents(ctx context.Context, rd *ringbuf.Reader, out chan<- []Event) error {
 	var rec ringbuf.Record
 	for {
-		rd.SetDeadline(time.Time{})
+		// The programs wake the reader only when the ring fills up; a
+		// deadline collects the rest.
+		rd.SetDeadline(time.Now().Add(eventPoll))
 		evs := make([]Event, 0, 16)
 		for len(evs) < maxBatch {
 			if err := rd.ReadInto(&rec); err != nil {
@@ -90,6 +96,12 @@ func (d *Dataplane) readEvents(ctx context.Context, rd *ringbuf.Reader, out chan
 			evs = append(evs, eventFromWire(e, d.clk))
 			// Gather whatever else is queued, without waiting for more.
 			rd.SetDeadline(time.Now())
+		}
+		if len(evs) == 0 {
+			if ctx.Err() != nil {
+				return nil
+			}
+			continue
 		}
 		select {
 		case out <- evs:

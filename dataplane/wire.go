@@ -6,9 +6,11 @@ package dataplane
 
 import (
 	"encoding/binary"
+	"fmt"
 	"net/netip"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 )
 
@@ -36,8 +38,15 @@ func port16(v uint16) uint16 {
 	return binary.BigEndian.Uint16(b[:])
 }
 
-func svcKeyToWire(k ServiceKey) directorSvcKey {
-	return directorSvcKey{Addr: be32(k.VIP), Port: be16(k.Port), Proto: uint8(k.Proto)}
+// svcKey is struct svc_key.
+type svcKey struct {
+	Addr  uint32
+	Port  uint16
+	Proto uint8
+}
+
+func svcKeyToWire(k ServiceKey) svcKey {
+	return svcKey{Addr: be32(k.VIP), Port: be16(k.Port), Proto: uint8(k.Proto)}
 }
 
 func connKeyToWire(k ConnKey) directorConnKey {
@@ -125,4 +134,44 @@ func (clock) wall(ns uint64) time.Time {
 		return time.Time{}
 	}
 	return time.Now().Add(time.Duration(ns) - MonotonicNow())
+}
+
+// jiffyClock is how the programs read CLOCK_MONOTONIC: jiffies * tickNs +
+// off (modulo 2^64). jiffies advance in step with CLOCK_MONOTONIC, one per
+// tick, so the pair needs calibrating once.
+type jiffyClock struct {
+	tickNs uint64
+	off    uint64
+}
+
+// calibrateJiffies pairs jiffies with the coarse clock, which is the
+// monotonic time of the last tick, and sets off so that the programs'
+// clock is never behind the real one: at most two ticks ahead.
+func calibrateJiffies(probe *ebpf.Program, samples *ebpf.Map) (jiffyClock, error) {
+	var res unix.Timespec
+	if err := unix.ClockGetres(unix.CLOCK_MONOTONIC_COARSE, &res); err != nil {
+		return jiffyClock{}, fmt.Errorf("read tick length: %w", err)
+	}
+	tick := uint64(res.Nano())
+	if tick == 0 || tick > uint64(100*time.Millisecond) {
+		return jiffyClock{}, fmt.Errorf("read tick length: %d ns: %w", tick, ErrInvalid)
+	}
+	in := make([]byte, 64) // XDP test runs want at least an Ethernet header
+	var best int64
+	for i := range 5 {
+		if _, err := probe.Run(&ebpf.RunOptions{Data: in}); err != nil {
+			return jiffyClock{}, fmt.Errorf("run clock probe: %w", err)
+		}
+		var cs directorClockSample
+		if err := samples.Lookup(uint32(0), &cs); err != nil {
+			return jiffyClock{}, fmt.Errorf("read clock sample: %w", err)
+		}
+		// A tick between the probe's two reads moves a sample one tick
+		// later; the latest keeps the clock from ever running behind.
+		off := int64(cs.CoarseNs - cs.Jiffies*tick)
+		if i == 0 || off > best {
+			best = off
+		}
+	}
+	return jiffyClock{tickNs: tick, off: uint64(best) + tick}, nil
 }

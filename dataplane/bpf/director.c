@@ -25,13 +25,11 @@ static __always_inline int mac_zero(const __u8 *m)
 	return (m[0] | m[1] | m[2] | m[3] | m[4] | m[5]) == 0;
 }
 
-static __always_inline struct owned *owned_live(__be32 addr, __u32 role, __u64 now)
+static __always_inline int owned_live(__be32 addr, __u32 role, __u64 now)
 {
-	struct owned *o = bpf_map_lookup_elem(&owned, &addr);
+	struct owned o;
 
-	if (!o || !(o->flags & role) || !lease_valid(o->lease_idx, now))
-		return NULL;
-	return o;
+	return owned_find(addr, &o) && (o.flags & role) && lease_valid(o.lease_idx, now);
 }
 
 static __always_inline int xdp_arp(struct xdp_md *ctx, struct ethhdr *eth, void *data_end,
@@ -51,7 +49,7 @@ static __always_inline int xdp_arp(struct xdp_md *ctx, struct ethhdr *eth, void 
 	/* Someone else announcing the address: not a question for us. */
 	if (spa == tpa)
 		goto pass;
-	if (!owned_live(tpa, role, bpf_ktime_get_ns()))
+	if (!owned_live(tpa, role, now_ns(c)))
 		goto pass;
 
 	__builtin_memcpy(eth->h_dest, a->sha, ETH_ALEN);
@@ -163,7 +161,6 @@ static __always_inline int xdp_icmp_error(struct xdp_md *ctx, struct ethhdr *eth
 {
 	struct iphdr *in = (void *)(icmp + 1);
 	struct conn_key key = {};
-	struct svc_key sk = {};
 	struct conn *cn;
 	struct real *rs;
 	struct svc *s;
@@ -180,10 +177,7 @@ static __always_inline int xdp_icmp_error(struct xdp_md *ctx, struct ethhdr *eth
 	ports = (void *)(in + 1);
 	if ((void *)(ports + 2) > data_end)
 		goto truncated;
-	sk.addr = in->saddr;
-	sk.port = ports[0];
-	sk.proto = in->protocol;
-	s = bpf_map_lookup_elem(&services, &sk);
+	s = svc_find(in->saddr, ports[0], in->protocol);
 	if (!s) {
 		count(R_DROP_NO_SERVICE);
 		return XDP_DROP;
@@ -224,7 +218,9 @@ truncated:
 
 static __always_inline int drop_if_owned(__be32 daddr, __u32 r)
 {
-	if (bpf_map_lookup_elem(&owned, &daddr)) {
+	struct owned o;
+
+	if (owned_find(daddr, &o)) {
 		count(r);
 		return XDP_DROP;
 	}
@@ -237,7 +233,6 @@ static __always_inline int xdp_main(struct xdp_md *ctx, __u32 role)
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data;
-	struct svc_key sk = {};
 	struct flow f = {};
 	struct config *c;
 	struct iphdr *ip;
@@ -265,8 +260,9 @@ static __always_inline int xdp_main(struct xdp_md *ctx, __u32 role)
 
 	if (ip->protocol == IPPROTO_ICMP) {
 		struct icmphdr *icmp = (void *)(ip + 1);
+		struct owned o;
 
-		if (!bpf_map_lookup_elem(&owned, &ip->daddr)) {
+		if (!owned_find(ip->daddr, &o)) {
 			count(R_XDP_PASS_NOT_OWNED);
 			return XDP_PASS;
 		}
@@ -274,9 +270,9 @@ static __always_inline int xdp_main(struct xdp_md *ctx, __u32 role)
 			count(R_DROP_TRUNCATED);
 			return XDP_DROP;
 		}
-		now = bpf_ktime_get_ns();
+		now = now_ns(c);
 		if (icmp->type == ICMP_ECHO && icmp->code == 0) {
-			if (!owned_live(ip->daddr, role, now)) {
+			if (!(o.flags & role) || !lease_valid(o.lease_idx, now)) {
 				count(R_DROP_NO_LEASE);
 				return XDP_DROP;
 			}
@@ -314,23 +310,20 @@ static __always_inline int xdp_main(struct xdp_md *ctx, __u32 role)
 		f.key.dport = uh->dest;
 	}
 
-	sk.addr = ip->daddr;
-	sk.port = f.key.dport;
-	sk.proto = ip->protocol;
-	s = bpf_map_lookup_elem(&services, &sk);
+	s = svc_find(ip->daddr, f.key.dport, ip->protocol);
 	if (!s)
 		return drop_if_owned(ip->daddr, R_DROP_NO_SERVICE);
 	if (role != OWN_FRONT) {
 		count(R_DROP_NO_SERVICE);
 		return XDP_DROP;
 	}
-	now = bpf_ktime_get_ns();
+	now = now_ns(c);
 	if (!lease_valid(s->lease_idx, now)) {
 		count(R_DROP_NO_LEASE);
 		return XDP_DROP;
 	}
 	f.len = data_end - data;
-	rs = conn_select(s, &f, now, &idx);
+	rs = conn_select(s, &f, now, &idx, c);
 	if (!rs) {
 		count(R_DROP_NO_REAL);
 		return XDP_DROP;
@@ -406,7 +399,11 @@ static __always_inline int tc_parse(struct __sk_buff *skb, struct tc_pkt *p)
 	ip = (void *)(eth + 1);
 	if ((void *)(ip + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
 		return TC_NOT_L4;
-	p->owned_dst = bpf_map_lookup_elem(&owned, &ip->daddr) != NULL;
+	{
+		struct owned o;
+
+		p->owned_dst = owned_find(ip->daddr, &o);
+	}
 	if (ip->ihl != 5 || (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET)))
 		return TC_BAD;
 	p->f.key.saddr = ip->saddr;
@@ -518,7 +515,6 @@ SEC("tc")
 int tc_front(struct __sk_buff *skb)
 {
 	struct tc_pkt p = {};
-	struct svc_key sk = {};
 	struct config *c;
 	struct real *rs;
 	struct svc *s;
@@ -535,10 +531,7 @@ int tc_front(struct __sk_buff *skb)
 		count(R_TC_PASS);
 		return TC_ACT_OK;
 	}
-	sk.addr = p.f.key.daddr;
-	sk.port = p.f.key.dport;
-	sk.proto = p.f.key.proto;
-	s = bpf_map_lookup_elem(&services, &sk);
+	s = svc_find(p.f.key.daddr, p.f.key.dport, p.f.key.proto);
 	if (!s) {
 		if (p.owned_dst) {
 			count(R_DROP_NO_SERVICE);
@@ -550,12 +543,12 @@ int tc_front(struct __sk_buff *skb)
 	c = get_cfg();
 	if (!c)
 		return TC_ACT_SHOT;
-	now = bpf_ktime_get_ns();
+	now = now_ns(c);
 	if (!lease_valid(s->lease_idx, now)) {
 		count(R_DROP_NO_LEASE);
 		return TC_ACT_SHOT;
 	}
-	rs = conn_select(s, &p.f, now, &idx);
+	rs = conn_select(s, &p.f, now, &idx, c);
 	if (!rs) {
 		count(R_DROP_NO_REAL);
 		return TC_ACT_SHOT;
@@ -584,7 +577,6 @@ int tc_inside(struct __sk_buff *skb)
 	struct tc_pkt p = {};
 	struct rnat_key rk = {};
 	struct conn_key ck = {};
-	struct svc_key sk = {};
 	struct config *c;
 	struct conn *cn;
 	struct rnat *rv;
@@ -619,16 +611,13 @@ int tc_inside(struct __sk_buff *skb)
 	}
 	vip = rv->vip;
 	vport = rv->vport;
-	sk.addr = vip;
-	sk.port = vport;
-	sk.proto = p.f.key.proto;
-	s = bpf_map_lookup_elem(&services, &sk);
+	s = svc_find(vip, vport, p.f.key.proto);
 	c = get_cfg();
 	if (!s || !c) {
 		count(R_TC_DROP_NAT_NO_CONN);
 		return TC_ACT_SHOT;
 	}
-	now = bpf_ktime_get_ns();
+	now = now_ns(c);
 	if (!lease_valid(s->lease_idx, now)) {
 		count(R_DROP_NO_LEASE);
 		return TC_ACT_SHOT;
@@ -648,7 +637,7 @@ int tc_inside(struct __sk_buff *skb)
 	if (p.f.rst && cn->state != ST_CLOSE) {
 		cn->state = ST_CLOSE;
 		cn->event_ns = now;
-		emit(EV_STATE, &ck, cn, now);
+		emit(EV_STATE, &ck, cn, now, c);
 	}
 	account(s->id, cn->rs_idx, p.f.len);
 	if (tc_rewrite(skb, &p, IP_SRC_OFF, p.f.key.saddr, vip,
@@ -658,6 +647,22 @@ int tc_inside(struct __sk_buff *skb)
 	}
 	count(R_TC_NAT_OUT);
 	return bpf_redirect_neigh(c->front_ifindex, NULL, 0, 0);
+}
+
+/* Run once per load through BPF_PROG_TEST_RUN: pairs jiffies with the
+ * coarse CLOCK_MONOTONIC so Go can derive clock_off. */
+SEC("xdp")
+int clock_probe(struct xdp_md *ctx)
+{
+	struct clock_sample *cs;
+	__u32 k = 0;
+
+	cs = bpf_map_lookup_elem(&clock_samples, &k);
+	if (!cs)
+		return XDP_ABORTED;
+	cs->jiffies = bpf_jiffies64();
+	cs->coarse_ns = bpf_ktime_get_coarse_ns();
+	return XDP_PASS;
 }
 
 char LICENSE[] SEC("license") = "GPL";

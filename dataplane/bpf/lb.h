@@ -24,6 +24,17 @@
 #define MAX_OWNED 512
 /* Upper bound of the least-connection scan; Go refuses larger candidate sets. */
 #define MAX_LC_CANDIDATES 128
+/* The address index: buckets (a power of two) of IDX_WAYS keys each; a key
+ * lives in one of two buckets. Sized so that every service and owned
+ * address fits with room to spare. */
+#define IDX_BUCKETS 1024
+#define IDX_WAYS 4
+#define IDX_SHIFT1 54 /* 64 - log2(IDX_BUCKETS) */
+#define IDX_SHIFT2 44
+#define IDX_MULT 0x9e3779b97f4a7c15ULL
+/* Tags of index keys: a service (address, port, protocol) or an owned address. */
+#define IDX_TAG_SVC (1ULL << 56)
+#define IDX_TAG_OWNED (2ULL << 56)
 
 /* From linux/if_arp.h and linux/icmp.h, which drag in libc headers. */
 #define ICMP_ECHOREPLY 0
@@ -134,6 +145,19 @@ struct config {
 	__u8 front_mac[ETH_ALEN];
 	__u8 inside_mac[ETH_ALEN];
 	__u32 front_mtu; /* bigger TUN packets (GSO) are encapsulated in TC */
+	/* CLOCK_MONOTONIC ≈ jiffies * tick_ns + clock_off, at most two ticks
+	 * ahead (see now_ns); Go calibrates both at load. */
+	__u64 tick_ns;
+	__u64 clock_off;
+	/* Wake the event reader when unread data reaches this mark; it polls
+	 * for the rest (a wakeup per event costs more than the event). */
+	__u64 wake_bytes;
+};
+
+/* What clock_probe saw, for the calibration. */
+struct clock_sample {
+	__u64 jiffies;
+	__u64 coarse_ns;
 };
 
 struct svc_key {
@@ -152,6 +176,14 @@ struct svc {
 	__u32 table_len; /* used length of the service's table */
 	__u64 persist_ns;
 	__u64 refresh_ns; /* re-announce live connections this often */
+	struct svc_key key; /* checked against the packet: index slots may be stale */
+};
+
+/* A bucket of the address index. key 0 is an empty slot; val is a service
+ * id (IDX_TAG_SVC) or an owned address's lease_idx | flags << 16. */
+struct idx_bucket {
+	__u64 key[IDX_WAYS];
+	__u32 val[IDX_WAYS];
 };
 
 struct real {
@@ -246,12 +278,28 @@ struct {
 	__type(value, struct config);
 } cfg SEC(".maps");
 
+/* Services by id, found through vip_index: array lookups are inlined by
+ * the verifier, hash lookups are calls, which cost several times more. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, MAX_SERVICES);
-	__type(key, struct svc_key);
+	__type(key, __u32);
 	__type(value, struct svc);
 } services SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, IDX_BUCKETS);
+	__type(key, __u32);
+	__type(value, struct idx_bucket);
+} vip_index SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct clock_sample);
+} clock_samples SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -282,13 +330,6 @@ struct {
 	__type(key, __u32);
 	__type(value, __u32);
 } rr_cursor SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, MAX_OWNED);
-	__type(key, __be32);
-	__type(value, struct owned);
-} owned SEC(".maps");
 
 /* Lease deadlines in CLOCK_MONOTONIC ns, by lease index. */
 struct {
@@ -371,11 +412,70 @@ static __always_inline void count(__u32 r)
 		*v += 1;
 }
 
+/* CLOCK_MONOTONIC at tick resolution, from jiffies, which the verifier
+ * inlines as a load (a clock helper costs as much as the rest of the
+ * established path). Never behind the real clock, so a lease ends at most
+ * two ticks early, never late. */
+static __always_inline __u64 now_ns(struct config *c)
+{
+	return bpf_jiffies64() * c->tick_ns + c->clock_off;
+}
+
 static __always_inline struct config *get_cfg(void)
 {
 	__u32 k = 0;
 
 	return bpf_map_lookup_elem(&cfg, &k);
+}
+
+/* Index lookup: two buckets, IDX_WAYS slots each, all inlined loads.
+ * The Go mirror is idxBuckets. */
+static __always_inline int idx_find(__u64 key, __u32 *val)
+{
+	__u64 h = key * IDX_MULT;
+	__u32 b[2] = { h >> IDX_SHIFT1, (h >> IDX_SHIFT2) & (IDX_BUCKETS - 1) };
+
+#pragma unroll
+	for (int i = 0; i < 2; i++) {
+		struct idx_bucket *bk = bpf_map_lookup_elem(&vip_index, &b[i]);
+
+		if (!bk)
+			return 0;
+#pragma unroll
+		for (int w = 0; w < IDX_WAYS; w++) {
+			if (bk->key[w] == key) {
+				*val = bk->val[w];
+				return 1;
+			}
+		}
+	}
+	return 0;
+}
+
+static __always_inline struct svc *svc_find(__be32 addr, __be16 port, __u8 proto)
+{
+	__u64 key = (__u64)addr | (__u64)port << 32 | (__u64)proto << 48 | IDX_TAG_SVC;
+	struct svc *s;
+	__u32 id;
+
+	if (!idx_find(key, &id))
+		return NULL;
+	s = bpf_map_lookup_elem(&services, &id);
+	if (!s || s->key.addr != addr || s->key.port != port || s->key.proto != proto)
+		return NULL;
+	return s;
+}
+
+/* An owned address's lease index and OWN_* flags. */
+static __always_inline int owned_find(__be32 addr, struct owned *o)
+{
+	__u32 v;
+
+	if (!idx_find((__u64)addr | IDX_TAG_OWNED, &v))
+		return 0;
+	o->lease_idx = v & 0xffff;
+	o->flags = v >> 16;
+	return 1;
 }
 
 static __always_inline int lease_valid(__u32 idx, __u64 now)
@@ -453,21 +553,32 @@ static __always_inline __u8 initial_state(struct flow *f)
 	return tcp_next_state(ST_NONE, f);
 }
 
-static __always_inline void emit(__u8 type, struct conn_key *key, struct conn *c, __u64 now)
+/* Written in place: no stack copy for the ring to copy again. */
+static __always_inline void emit(__u8 type, struct conn_key *key, struct conn *c, __u64 now,
+				 struct config *cfg)
 {
-	struct event ev = {
-		.ts_ns = now,
-		.key = *key,
-		.rs_idx = c->rs_idx,
-		.rs_addr = c->rs_addr,
-		.rs_port = c->rs_port,
-		.type = type,
-		.state = c->state,
-		.svc_id = c->svc_id,
-	};
+	__u64 wake = BPF_RB_NO_WAKEUP, avail;
 
-	if (bpf_ringbuf_output(&events, &ev, sizeof(ev), 0))
+	struct event *ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+
+	if (!ev) {
 		count(R_EVENT_LOST);
+		return;
+	}
+	ev->ts_ns = now;
+	ev->key = *key;
+	ev->rs_idx = c->rs_idx;
+	ev->rs_addr = c->rs_addr;
+	ev->rs_port = c->rs_port;
+	ev->type = type;
+	ev->state = c->state;
+	ev->svc_id = c->svc_id;
+	/* Only the record that crosses the mark wakes: a wakeup is an
+	 * interrupt, and a lagging reader needs one, not one per event. */
+	avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+	if (avail >= cfg->wake_bytes && avail < cfg->wake_bytes + 2 * sizeof(*ev))
+		wake = BPF_RB_FORCE_WAKEUP;
+	bpf_ringbuf_submit(ev, wake);
 }
 
 static __always_inline int rs_eligible(struct real *rs, __u32 svc_id)
@@ -576,7 +687,7 @@ static __always_inline __s64 schedule(struct svc *s, struct flow *f)
  * realserver was removed is rescheduled; a drained one keeps it.
  */
 static __always_inline struct real *conn_select(struct svc *s, struct flow *f, __u64 now,
-						__u32 *rs_idx)
+						__u32 *rs_idx, struct config *cfg)
 {
 	struct conn *c = bpf_map_lookup_elem(&conns, &f->key);
 	struct conn nc = {};
@@ -597,10 +708,10 @@ static __always_inline struct real *conn_select(struct svc *s, struct flow *f, _
 			if (st != c->state) {
 				c->state = st;
 				c->event_ns = now;
-				emit(EV_STATE, &f->key, c, now);
+				emit(EV_STATE, &f->key, c, now, cfg);
 			} else if (now - c->event_ns >= s->refresh_ns) {
 				c->event_ns = now;
-				emit(EV_REFRESH, &f->key, c, now);
+				emit(EV_REFRESH, &f->key, c, now, cfg);
 			}
 			*rs_idx = idx;
 			return rs;
@@ -656,7 +767,7 @@ static __always_inline struct real *conn_select(struct svc *s, struct flow *f, _
 
 		if (o)
 			__sync_fetch_and_add(o, 1);
-		emit(EV_NEW, &f->key, &nc, now);
+		emit(EV_NEW, &f->key, &nc, now, cfg);
 	}
 	if (rs->method == METHOD_NAT) {
 		struct rnat_key rk = {

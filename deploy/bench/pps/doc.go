@@ -1,0 +1,13 @@
+// Command pps measures packets per second through a director in a lab of
+// network namespaces (prefix rlbpb): raftlb's DR, TUN and NAT paths against
+// an XDP program that only rewrites MACs and bounces, nftables DNAT (jhash
+// and numgen maps, as kube-proxy's nftables mode builds them) and the
+// client sending straight to a realserver. Every path runs once per cycle,
+// in a random order, so ratios are taken between runs minutes apart at
+// most; a path's own cost per packet is its time per packet minus the
+// straight path's. It writes a markdown section for BENCHMARKS.md.
+//
+// Test tooling, run as root by `make bench`: it execs ip(8), nft(8),
+// conntrack(8) and trafgen(8), and uses only 192.0.2.0/24, 198.51.100.0/24
+// and 203.0.113.0/24 inside its own namespaces, which it removes on exit.
+package main

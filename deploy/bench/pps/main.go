@@ -1,0 +1,441 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net/netip"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+
+	"github.com/raftlb/raftlb/dataplane"
+)
+
+type options struct {
+	cycles  int
+	warmup  time.Duration // from trafgen's start to the first count
+	window  time.Duration // counted time
+	maxPkts int           // trafgen's own bound
+	conns   int           // raftlb connection-table size
+	out     string
+}
+
+func main() {
+	var o options
+	flag.IntVar(&o.cycles, "cycles", 10, "cycles; each runs every path and flow mix once, in random order")
+	flag.DurationVar(&o.warmup, "warmup", 400*time.Millisecond, "time from the generator's start to the first count")
+	flag.DurationVar(&o.window, "window", 1500*time.Millisecond, "counted time per run")
+	flag.IntVar(&o.maxPkts, "max-packets", 3_000_000, "packet limit of each generator run")
+	flag.IntVar(&o.conns, "conns", 1<<21, "raftlb connection-table size (a new tuple per packet fills it at line rate)")
+	flag.StringVar(&o.out, "o", "bin/bench-pps.md", "markdown section to write")
+	flag.Parse()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := runBench(ctx, o)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "pps:", err)
+		os.Exit(1)
+	}
+}
+
+// A path is what the director runs during a measurement.
+type path struct {
+	name string
+	// setup installs the path in the lab and returns its teardown.
+	setup func(b *bench) (func() error, error)
+	// direct: the client sends to realserver 0 itself, no director.
+	direct bool
+}
+
+// A mix is the traffic: trafgen's packet description.
+type mix struct {
+	name, desc string
+	udp        string // trafgen's udp() and the ipv4 source
+}
+
+var mixes = []mix{
+	{"1flow", "one flow", "saddr=" + clientAddr + "), udp(sp=40000, dp=9000"},
+	{"59k", "~59k flows", "saddr=" + clientAddr + "), udp(sp=dinc(1024, 60000), dp=9000"},
+	{"churn", "a new tuple per packet", "saddr=192.0.2.0, sa[3]=drnd()), udp(sp=drnd(1024, 65535), dp=9000"},
+}
+
+type bench struct {
+	o      options
+	lab    *lab
+	dir    string // trafgen configs
+	sink   *ebpf.Program
+	count  *ebpf.Map
+	links  []link.Link
+	memory string // connection-table footprint, found on the first raftlb run
+}
+
+func runBench(ctx context.Context, o options) error {
+	for _, tool := range []string{"ip", "nft", "conntrack", "trafgen"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return fmt.Errorf("find %s: %w", tool, err)
+		}
+	}
+	b := &bench{o: o, lab: &lab{prefix: fmt.Sprintf("rlbpb%d", os.Getpid())}}
+	defer b.close()
+	var err error
+	if b.dir, err = os.MkdirTemp("", "rlbpb"); err != nil {
+		return fmt.Errorf("create config dir: %w", err)
+	}
+	if err := b.lab.up(); err != nil {
+		return fmt.Errorf("bring up lab: %w", err)
+	}
+	if err := b.writeConfigs(); err != nil {
+		return err
+	}
+	if b.sink, b.count, err = newSink(); err != nil {
+		return err
+	}
+	for i := range nReals {
+		for _, dev := range []string{"eth0", "eth1"} {
+			if err := b.attachXDP(fmt.Sprintf("r%d", i), dev, b.sink); err != nil {
+				return err
+			}
+		}
+	}
+	paths := []path{
+		{name: "direct", direct: true, setup: func(*bench) (func() error, error) { return func() error { return nil }, nil }},
+		{name: "bounce", setup: (*bench).setupBounce},
+		{name: "raftlb-dr", setup: raftlb(dataplane.DR)},
+		{name: "raftlb-tun", setup: raftlb(dataplane.TUN)},
+		{name: "raftlb-nat", setup: raftlb(dataplane.NAT)},
+		{name: "nft-jhash", setup: nft("jhash ip saddr . udp sport mod 3 seed 0xcafe")},
+		{name: "nft-numgen", setup: nft("numgen random mod 3")},
+	}
+	res := make(results)
+	start := time.Now()
+	for c := range o.cycles {
+		type trial struct {
+			p path
+			m mix
+		}
+		var ts []trial
+		for _, p := range paths {
+			for _, m := range mixes {
+				ts = append(ts, trial{p, m})
+			}
+		}
+		rand.Shuffle(len(ts), func(i, j int) { ts[i], ts[j] = ts[j], ts[i] })
+		for _, t := range ts {
+			if err := ctx.Err(); err != nil {
+				return fmt.Errorf("run cycle %d: %w", c, err)
+			}
+			pps, err := b.trial(ctx, t.p, t.m)
+			if err != nil {
+				return fmt.Errorf("run %s %s: %w", t.p.name, t.m.name, err)
+			}
+			res.add(t.p.name, t.m.name, c, pps)
+		}
+		fmt.Fprintf(os.Stderr, "pps: cycle %d/%d done after %s\n", c+1, o.cycles, time.Since(start).Round(time.Second))
+	}
+	return b.writeReport(res, time.Since(start))
+}
+
+func (b *bench) close() {
+	for _, l := range b.links {
+		l.Close()
+	}
+	if b.sink != nil {
+		b.sink.Close()
+		b.count.Close()
+	}
+	b.lab.down()
+	if b.dir != "" {
+		os.RemoveAll(b.dir)
+	}
+}
+
+func (b *bench) attachXDP(ns, dev string, p *ebpf.Program) error {
+	return b.lab.do(ns, func() error {
+		l, err := attachGeneric(dev, p)
+		if err != nil {
+			return err
+		}
+		b.links = append(b.links, l)
+		return nil
+	})
+}
+
+func attachGeneric(dev string, p *ebpf.Program) (link.Link, error) {
+	nl, err := netlink.LinkByName(dev)
+	if err != nil {
+		return nil, fmt.Errorf("look up %s: %w", dev, err)
+	}
+	l, err := link.AttachXDP(link.XDPOptions{Program: p, Interface: nl.Attrs().Index, Flags: link.XDPGenericMode})
+	if err != nil {
+		return nil, fmt.Errorf("attach xdp to %s: %w", dev, err)
+	}
+	return l, nil
+}
+
+// writeConfigs writes one trafgen config per mix, to the VIP through the
+// director and to realserver 0 directly. 60-byte frames (64 on the wire).
+func (b *bench) writeConfigs() error {
+	for _, m := range mixes {
+		for _, direct := range []bool{false, true} {
+			da, dst := dirFrontMAC.String(), vipAddr
+			if direct {
+				da, dst = realFrontMAC(0).String(), realFront(0)
+			}
+			cfg := fmt.Sprintf("{\n  eth(da=%s, sa=%s),\n  ipv4(id=dinc(), ttl=64, daddr=%s, %s),\n  fill(0x41, 18)\n}\n",
+				da, clientMAC, dst, m.udp)
+			if err := os.WriteFile(b.cfgPath(m, direct), []byte(cfg), 0o644); err != nil {
+				return fmt.Errorf("write trafgen config: %w", err)
+			}
+		}
+	}
+	return nil
+}
+
+func (b *bench) cfgPath(m mix, direct bool) string {
+	if direct {
+		return filepath.Join(b.dir, m.name+"-direct.trafgen")
+	}
+	return filepath.Join(b.dir, m.name+".trafgen")
+}
+
+func (b *bench) setupBounce() (func() error, error) {
+	p, err := newBounce(realFrontMAC(0), dirFrontMAC)
+	if err != nil {
+		return nil, err
+	}
+	var l link.Link
+	err = b.lab.do("d", func() error {
+		l, err = attachGeneric("eth0", p)
+		return err
+	})
+	if err != nil {
+		p.Close()
+		return nil, err
+	}
+	return func() error {
+		err := l.Close()
+		p.Close()
+		return err
+	}, nil
+}
+
+func raftlb(m dataplane.Method) func(*bench) (func() error, error) {
+	return func(b *bench) (func() error, error) {
+		var d *dataplane.Dataplane
+		err := b.lab.do("d", func() error {
+			var err error
+			d, err = dataplane.Open(dataplane.Config{
+				FrontIface:    "eth0",
+				InsideIface:   "eth1",
+				AttachMode:    dataplane.AttachGeneric,
+				ConnTableSize: b.o.conns,
+				KeepSysctls:   true, // the nftables paths need forwarding on
+				Logger:        slog.New(slog.NewTextHandler(io.Discard, nil)),
+			})
+			return err
+		})
+		if err != nil {
+			return nil, fmt.Errorf("open dataplane: %w", err)
+		}
+		vip := netip.MustParseAddr(vipAddr)
+		svc := dataplane.Service{
+			ServiceKey: dataplane.ServiceKey{VIP: vip, Port: vipPort, Proto: dataplane.UDP},
+			Scheduler:  dataplane.MH,
+		}
+		for i := range nReals {
+			a := realFront(i)
+			if m == dataplane.NAT {
+				a = realInside(i)
+			}
+			svc.Realservers = append(svc.Realservers, dataplane.Realserver{
+				Addr: netip.MustParseAddr(a), Port: vipPort, Weight: 1, Method: m,
+			})
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		teardown := func() error {
+			cancel()
+			err := <-done
+			if cerr := d.Close(); err == nil {
+				err = cerr
+			}
+			return err
+		}
+		// Run consumes the event ring and sweeps, as in a director.
+		go func() { done <- d.Run(ctx, func([]dataplane.Event) {}) }()
+		if err := d.Apply(dataplane.State{Services: []dataplane.Service{svc}}); err != nil {
+			teardown()
+			return nil, fmt.Errorf("apply: %w", err)
+		}
+		if err := d.SetLease(vip, time.Now().Add(time.Hour)); err != nil {
+			teardown()
+			return nil, fmt.Errorf("set lease: %w", err)
+		}
+		if b.memory == "" {
+			b.memory = connMemory(b.o.conns)
+		}
+		return teardown, nil
+	}
+}
+
+func nft(pick string) func(*bench) (func() error, error) {
+	return func(b *bench) (func() error, error) {
+		var targets []string
+		for i := range nReals {
+			targets = append(targets, fmt.Sprintf("%d : %s", i, realInside(i)))
+		}
+		rules := fmt.Sprintf(`table ip rlbpb {
+  chain prerouting {
+    type nat hook prerouting priority dstnat; policy accept;
+    ip daddr %s udp dport %d dnat to %s map { %s }
+  }
+}
+`, vipAddr, vipPort, pick, strings.Join(targets, ", "))
+		f := filepath.Join(b.dir, "lb.nft")
+		if err := os.WriteFile(f, []byte(rules), 0o644); err != nil {
+			return nil, fmt.Errorf("write ruleset: %w", err)
+		}
+		if err := b.lab.exec("d", "nft", "-f", f); err != nil {
+			return nil, err
+		}
+		return func() error { return b.lab.exec("d", "nft", "delete", "table", "ip", "rlbpb") }, nil
+	}
+}
+
+// trial runs one generator against one path and returns the packets per
+// second the realservers received while counted.
+func (b *bench) trial(ctx context.Context, p path, m mix) (float64, error) {
+	// Every run starts with no connection state anywhere.
+	if err := b.lab.exec("d", "conntrack", "-F"); err != nil && !strings.Contains(err.Error(), "0 flow entries") {
+		return 0, err
+	}
+	teardown, err := p.setup(b)
+	if err != nil {
+		return 0, err
+	}
+	pps, err := b.measure(ctx, b.cfgPath(m, p.direct))
+	if terr := teardown(); err == nil {
+		err = terr
+	}
+	return pps, err
+}
+
+func (b *bench) measure(ctx context.Context, cfg string) (float64, error) {
+	limit := b.o.warmup + b.o.window + 5*time.Second
+	tctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	// One generator on one CPU; it stops by itself at the packet limit,
+	// at the deadline, or when told to.
+	cmd := exec.CommandContext(tctx, "ip", "netns", "exec", b.lab.ns("c"),
+		"trafgen", "-o", "eth0", "-c", cfg, "-P", "1", "-n", fmt.Sprint(b.o.maxPkts))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		return 0, fmt.Errorf("start trafgen: %w", err)
+	}
+	waited := make(chan error, 1)
+	go func() { waited <- cmd.Wait() }()
+	stop := func() {
+		// trafgen and its fork share the group started above.
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGINT)
+		select {
+		case <-waited:
+		case <-time.After(3 * time.Second):
+			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			<-waited
+		}
+	}
+	select {
+	case <-time.After(b.o.warmup):
+	case err := <-waited:
+		return 0, fmt.Errorf("trafgen ended early: %s: %s", errString(err), out.String())
+	}
+	c0, err := sinkCount(b.count)
+	t0 := time.Now()
+	if err != nil {
+		stop()
+		return 0, err
+	}
+	time.Sleep(b.o.window)
+	c1, err := sinkCount(b.count)
+	t1 := time.Now()
+	stop()
+	if err != nil {
+		return 0, err
+	}
+	if c1 <= c0 {
+		return 0, fmt.Errorf("no packets reached the realservers: %s", out.String())
+	}
+	return float64(c1-c0) / t1.Sub(t0).Seconds(), nil
+}
+
+func errString(err error) string {
+	if err == nil {
+		return "exit 0"
+	}
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.String()
+	}
+	return err.Error()
+}
+
+// connMemory reads the kernel's memory accounting for raftlb's connection
+// and reverse-NAT tables (hash maps with 16-byte keys and the configured
+// size) among this process's map descriptors.
+func connMemory(entries int) string {
+	fds, err := os.ReadDir("/proc/self/fdinfo")
+	if err != nil {
+		return "unknown: " + err.Error()
+	}
+	var parts []string
+	var total uint64
+	for _, fd := range fds {
+		raw, err := os.ReadFile(filepath.Join("/proc/self/fdinfo", fd.Name()))
+		if err != nil {
+			continue
+		}
+		info := map[string]string{}
+		for _, line := range strings.Split(string(raw), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok {
+				info[k] = strings.TrimSpace(v)
+			}
+		}
+		if info["map_type"] != "1" || info["key_size"] != "16" || info["max_entries"] != fmt.Sprint(entries) {
+			continue
+		}
+		var mem uint64
+		fmt.Sscan(info["memlock"], &mem)
+		name := "connection table"
+		if info["value_size"] != "32" {
+			name = "reverse-NAT table"
+		}
+		parts = append(parts, fmt.Sprintf("%s %.0f B/entry (%d B value)", name, float64(mem)/float64(entries), atoi(info["value_size"])))
+		total += mem
+	}
+	slices.Sort(parts)
+	return fmt.Sprintf("%s; %.0f B per NAT connection in all, %d MiB for %d entries",
+		strings.Join(parts, ", "), float64(total)/float64(entries), total>>20, entries)
+}
+
+func atoi(s string) int {
+	var n int
+	fmt.Sscan(s, &n)
+	return n
+}
