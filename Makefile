@@ -92,6 +92,8 @@ bench:
 	$(GO) test -run '^$$' -bench . -benchmem -count $(BENCH_COUNT) ./server/... ./dataplane/... | tee bin/bench-go.txt
 	@# Lab benchmarks (root): each run brings up its own lab, so they run apart from the rest.
 	$(GO) test -run '^$$' -bench . -count $(BENCH_COUNT) ./deploy/e2e/ | tee -a bin/bench-go.txt
+	@# Failover (root, ~4 min): each benchmark runs its own 24 (or 3x20) trials in one go.
+	$(GO) test -run '^$$' -bench . -benchtime 1x -count 1 ./deploy/e2e/failover/ | tee -a bin/bench-go.txt
 	@# Packets/s through a director in a netns lab (root, ~8 min): a section of its own.
 	$(GO) run ./deploy/bench/pps -o bin/bench-pps.md
 	$(GO) run ./deploy/bench -o BENCHMARKS.md bin/bench-go.txt

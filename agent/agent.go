@@ -64,6 +64,9 @@ type Config struct {
 	ResyncInterval time.Duration
 	// BackoffMax caps the reconnect backoff (default 2s).
 	BackoffMax time.Duration
+	// HeartbeatInterval is the longest time between two status reports, so
+	// directors can tell a live agent from a dead one (default 10s).
+	HeartbeatInterval time.Duration
 
 	// kernel replaces the netlink Kernel in tests.
 	kernel Kernel
@@ -91,6 +94,9 @@ func (c *Config) Defaults() {
 	}
 	if c.TunnelName == "" {
 		c.TunnelName = DefaultTunnelName
+	}
+	if c.HeartbeatInterval == 0 {
+		c.HeartbeatInterval = 10 * time.Second
 	}
 	if c.ResyncInterval == 0 {
 		c.ResyncInterval = 2 * time.Second
@@ -153,6 +159,9 @@ func (c *Config) Validate() error {
 	}
 	if !validIfName(c.TunnelName) {
 		errs = append(errs, fmt.Errorf("tunnel-name: %q is not an interface name", c.TunnelName))
+	}
+	if c.HeartbeatInterval <= 0 {
+		errs = append(errs, errors.New("heartbeat-interval: must be positive"))
 	}
 	if c.ResyncInterval <= 0 {
 		errs = append(errs, errors.New("resync-interval: must be positive"))
@@ -405,9 +414,12 @@ func (a *agent) session(ctx context.Context, addr string) (healthy bool, err err
 	}
 }
 
-// report sends the latest status now and after every change. A director
-// that is unreachable for reports ends the session so the agent fails over.
+// report sends the latest status now, after every change and at least
+// every HeartbeatInterval (the directors' sign of life). A director that is
+// unreachable for reports ends the session so the agent fails over.
 func (a *agent) report(ctx context.Context, cancel context.CancelCauseFunc, client raftlbv1.AgentServiceClient) {
+	heartbeat := time.NewTicker(a.cfg.HeartbeatInterval)
+	defer heartbeat.Stop()
 	for {
 		if st, ok := a.box.get(); ok {
 			rctx, rcancel := context.WithTimeout(ctx, 5*time.Second)
@@ -431,6 +443,7 @@ func (a *agent) report(ctx context.Context, cancel context.CancelCauseFunc, clie
 		case <-ctx.Done():
 			return
 		case <-a.box.changed():
+		case <-heartbeat.C:
 		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 
 	"github.com/hashicorp/raft"
@@ -42,6 +43,7 @@ func (d *Director) status(ctx context.Context) (*raftlbv1.GetStatusResponse, err
 		RealserverCount: uint32(counts.Realservers),
 		ConnectionCount: uint64(counts.Connections),
 	}
+	d.ha.status(resp)
 	byID := map[string]*raftlbv1.DirectorStatus{}
 	get := func(id string) *raftlbv1.DirectorStatus {
 		ds, ok := byID[id]
@@ -148,10 +150,29 @@ func (s *clusterService) SetAddress(ctx context.Context, req *raftlbv1.SetAddres
 
 func (s *clusterService) ListAddresses(ctx context.Context, req *raftlbv1.ListAddressesRequest) (*raftlbv1.ListAddressesResponse, error) {
 	return read(ctx, s.d, req.GetConsistent(), req, func() (*raftlbv1.ListAddressesResponse, error) {
-		return &raftlbv1.ListAddressesResponse{Addresses: s.d.fsm.Addresses()}, nil
+		as := s.d.fsm.Addresses()
+		s.d.ha.leaseRemaining(as)
+		return &raftlbv1.ListAddressesResponse{Addresses: as}, nil
 	})
 }
 
-func (s *clusterService) MoveVip(context.Context, *raftlbv1.MoveVipRequest) (*raftlbv1.MoveVipResponse, error) {
-	return nil, notImplemented("move vip", "VIP ownership and leases (HA)")
+// MoveVip hands a VIP (a NAT VIP with its whole group) over to another
+// director: on the leader, which asks the owner to stop answering, flush
+// its connection sync and release, and commits the new owner then (or once
+// the old lease has surely run out).
+func (s *clusterService) MoveVip(ctx context.Context, req *raftlbv1.MoveVipRequest) (*raftlbv1.MoveVipResponse, error) {
+	addr, err := netip.ParseAddr(req.GetVip())
+	if err != nil || !addr.Is4() {
+		return nil, &fsm.Error{Code: codes.InvalidArgument, Field: "vip", Reason: fmt.Sprintf("%q is not an IPv4 address", req.GetVip())}
+	}
+	if req.GetTo() == "" {
+		return nil, &fsm.Error{Code: codes.InvalidArgument, Field: "to", Reason: "required"}
+	}
+	return forwardUnary(ctx, s.d, false, req, func(ctx context.Context) (*raftlbv1.MoveVipResponse, error) {
+		a, err := s.d.ha.moveVIP(ctx, addr, req.GetTo())
+		if err != nil {
+			return nil, err
+		}
+		return &raftlbv1.MoveVipResponse{Address: a}, nil
+	})
 }

@@ -30,3 +30,20 @@ func (s *internalService) Apply(ctx context.Context, req *raftlbv1.ApplyRequest)
 	}
 	return s.d.applyLocal(ctx, req.GetCommand())
 }
+
+// GrantLease extends the calling director's address leases (the leader only;
+// never forwarded: a lease is only as good as the leader's own quorum check).
+func (s *internalService) GrantLease(ctx context.Context, req *raftlbv1.GrantLeaseRequest) (*raftlbv1.GrantLeaseResponse, error) {
+	if err := checkLeaseCaller(ctx, req.GetDirectorId(), s.d.cfg.Insecure); err != nil {
+		return nil, err
+	}
+	return s.d.ha.g.HandleGrantLease(ctx, req)
+}
+
+// ReleaseLease records that the calling director handed its addresses over.
+func (s *internalService) ReleaseLease(ctx context.Context, req *raftlbv1.ReleaseLeaseRequest) (*raftlbv1.ReleaseLeaseResponse, error) {
+	if err := checkLeaseCaller(ctx, req.GetDirectorId(), s.d.cfg.Insecure); err != nil {
+		return nil, err
+	}
+	return s.d.ha.g.HandleReleaseLease(ctx, req)
+}

@@ -43,6 +43,7 @@ func (s *lbService) GetService(ctx context.Context, req *raftlbv1.GetServiceRequ
 		if err != nil {
 			return nil, err
 		}
+		s.d.addStats(svc)
 		return &raftlbv1.GetServiceResponse{Service: svc}, nil
 	})
 }
@@ -50,6 +51,7 @@ func (s *lbService) GetService(ctx context.Context, req *raftlbv1.GetServiceRequ
 func (s *lbService) ListServices(ctx context.Context, req *raftlbv1.ListServicesRequest) (*raftlbv1.ListServicesResponse, error) {
 	return read(ctx, s.d, req.GetConsistent(), req, func() (*raftlbv1.ListServicesResponse, error) {
 		svcs, gen := s.d.fsm.ServicesAt()
+		s.d.addStats(svcs...)
 		return &raftlbv1.ListServicesResponse{Services: svcs, Generation: gen}, nil
 	})
 }
@@ -99,6 +101,7 @@ func (s *lbService) ListRealservers(ctx context.Context, req *raftlbv1.ListReals
 		if err != nil {
 			return nil, err
 		}
+		s.d.addStats(svc)
 		return &raftlbv1.ListRealserversResponse{Realservers: svc.GetRealservers()}, nil
 	})
 }

@@ -242,13 +242,19 @@ func testAuth(t *testing.T, c *testCluster, leader, follower *testNode) {
 
 func testUnimplemented(t *testing.T, c *testCluster, n *testNode) {
 	cc := c.conn(n, "admin")
+	// Without a dataplane no director asks for leases, so none may take a VIP.
 	_, err := raftlbv1.NewClusterServiceClient(cc).MoveVip(callCtx(t), &raftlbv1.MoveVipRequest{Vip: "198.51.100.20", To: "d1"})
-	if st := status.Convert(err); st.Code() != codes.Unimplemented || !strings.Contains(st.Message(), "not implemented") {
-		t.Errorf("move vip: %v, want Unimplemented saying so", err)
+	if st := status.Convert(err); st.Code() != codes.FailedPrecondition || !strings.Contains(st.Message(), "no director may take") {
+		t.Errorf("move vip: %v, want FailedPrecondition saying no director may take it", err)
 	}
+	_, err = raftlbv1.NewClusterServiceClient(cc).MoveVip(callCtx(t), &raftlbv1.MoveVipRequest{Vip: "not-an-ip", To: "d1"})
+	if status.Code(err) != codes.InvalidArgument {
+		t.Errorf("move vip with a bad address: %v, want InvalidArgument", err)
+	}
+	// These test directors run without a dataplane: no live table to list.
 	_, err = raftlbv1.NewConnectionServiceClient(cc).ListConnections(callCtx(t), &raftlbv1.ListConnectionsRequest{})
-	if status.Code(err) != codes.Unimplemented {
-		t.Errorf("list connections: %v, want Unimplemented", err)
+	if status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("list connections: %v, want FailedPrecondition", err)
 	}
 }
 

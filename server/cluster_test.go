@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/pprof"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -41,6 +42,8 @@ type testNode struct {
 	running bool
 	// lis are the sockets of the first start; restarts bind the same addresses.
 	lis Listeners
+	// opts are passed to New on every start (e.g. a dataplane).
+	opts []Option
 }
 
 // agentIP is the address the test agent certificate may register.
@@ -124,7 +127,7 @@ func (c *testCluster) start(n *testNode) {
 	if n.metrics {
 		cfg.MetricsAddr = "127.0.0.1:0"
 	}
-	var opts []Option
+	opts := slices.Clone(n.opts)
 	if n.lis.API != nil {
 		opts = append(opts, WithListeners(n.lis))
 		n.lis = Listeners{}

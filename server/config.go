@@ -75,6 +75,10 @@ type Config struct {
 	GARPInterval time.Duration `yaml:"garp_interval"`
 	// GARPRefresh is the period of the refresh while the lease is valid; zero disables it.
 	GARPRefresh time.Duration `yaml:"garp_refresh"`
+
+	// AgentTimeout is how long a realserver's agent may go without reporting
+	// before the realserver counts as down (only realservers with an agent).
+	AgentTimeout time.Duration `yaml:"agent_timeout"`
 }
 
 // Default ports, as in the design.
@@ -131,6 +135,9 @@ func (c *Config) Defaults() {
 	}
 	if c.GARPRefresh == 0 {
 		c.GARPRefresh = 10 * time.Second
+	}
+	if c.AgentTimeout == 0 {
+		c.AgentTimeout = 30 * time.Second
 	}
 }
 
@@ -248,6 +255,9 @@ func (c *Config) Validate() error {
 	}
 	if c.LeaseDuration < 100*time.Millisecond {
 		errs = append(errs, fmt.Errorf("lease-duration: %v is below 100ms", c.LeaseDuration))
+	}
+	if c.AgentTimeout < time.Second {
+		errs = append(errs, fmt.Errorf("agent-timeout: %v is below 1s", c.AgentTimeout))
 	}
 	if c.GARPCount < 0 || c.GARPInterval < 0 || c.GARPRefresh < 0 {
 		errs = append(errs, errors.New("garp: count and intervals must not be negative"))

@@ -27,6 +27,7 @@ import (
 
 	raftlbv1 "github.com/raftlb/raftlb/proto/raftlb/v1"
 	"github.com/raftlb/raftlb/server/fsm"
+	rshealth "github.com/raftlb/raftlb/server/health"
 	"github.com/raftlb/raftlb/server/pki"
 )
 
@@ -92,6 +93,16 @@ type Director struct {
 	gossip *gossip
 	fwd    *forwarder
 	health *health.Server
+	// checker is this director's realserver health checker (runHealth);
+	// nil on a witness and until it starts.
+	checker atomic.Pointer[rshealth.Checker]
+
+	// ha is lease granting, reassignment, lease keeping and connection sync
+	// (ha_wiring.go); set by New.
+	ha *haNode
+	// reconciled is the configuration generation the dataplane reconciler
+	// last applied in full.
+	reconciled atomic.Uint64
 
 	// barrierTerm is the term in which this leader's barrier completed: from
 	// then on its state machine holds every entry of earlier terms, so a read
@@ -126,7 +137,10 @@ func New(cfg Config, log *slog.Logger, opts ...Option) (*Director, error) {
 		metrics:   newMetrics(),
 		stopping:  make(chan struct{}),
 	}
-	d.fsm = fsm.New(log, o.fsmOptions...)
+	d.metrics.reg.MustRegister(newHealthCollector(d))
+	d.ha = newHANode(d)
+	d.fsm = fsm.New(log, slices.Concat(o.fsmOptions, d.packetPathFSMOptions(), d.ha.fsmOptions())...)
+	d.ha.bind()
 	d.applied = &appliedFSM{FSM: d.fsm}
 	if !cfg.Insecure {
 		var err error
@@ -293,7 +307,7 @@ func (d *Director) run(ctx context.Context) error {
 	defer rs.close(d.log)
 	d.raft = rs.raft
 
-	d.gossip, err = newGossip(d.cfg, d.gossipKey, d.self, d.base.With("component", "gossip"))
+	d.gossip, err = newGossip(d.cfg, d.gossipKey, d.self, d.base.With("component", "gossip"), d.ha.hint)
 	if err != nil {
 		d.shutdownRaft(rs)
 		return err
@@ -319,10 +333,13 @@ func (d *Director) run(ctx context.Context) error {
 		})
 	}
 	wg.Go(func() { d.leaderLoop(bg) })
+	wg.Go(func() { d.ha.runReassigner(bg) })
 	wg.Go(func() { d.announce(bg) })
 	wg.Go(func() { d.gossip.joinLoop(bg, d.gossipCandidates) })
 	wg.Go(func() { d.metricsLoop(bg) })
 	wg.Go(func() { d.runReconciler(bg) })
+	wg.Go(func() { d.runPacketPath(bg) })
+	wg.Go(func() { d.runHealth(bg) })
 	if d.cfg.Insecure {
 		d.log.Warn("insecure mode: plaintext API and raft, every caller has all rights")
 	}
@@ -349,6 +366,8 @@ func (d *Director) run(ctx context.Context) error {
 	}
 	d.health.Shutdown()
 	close(d.stopping)
+	// Hand this director's addresses over while the API and Raft still run.
+	step("release addresses", func() { d.ha.release(context.Background()) })
 	step("stop api", func() { d.stopGRPC(srv) })
 	step("transfer leadership", func() {
 		if d.raft.State() == raft.Leader && d.otherVoters() {
@@ -358,6 +377,7 @@ func (d *Director) run(ctx context.Context) error {
 			}
 		}
 	})
+	d.ha.stepDown()
 	cancelBG()
 	step("stop loops", wg.Wait)
 	step("leave gossip", func() { d.gossip.leave(time.Second) })
@@ -539,6 +559,7 @@ func (d *Director) leaderLoop(ctx context.Context) {
 		case isLeader := <-d.raft.LeaderCh():
 			if !isLeader {
 				d.log.Info("lost raft leadership")
+				d.ha.stepDown()
 				continue
 			}
 			d.log.Info("won raft leadership", "term", d.raft.CurrentTerm())
@@ -555,6 +576,7 @@ func (d *Director) establishLeadership(ctx context.Context) {
 		err := waitFuture(ctx, d.raft.Barrier(d.cfg.WriteTimeout))
 		if err == nil {
 			d.barrierTerm.Store(term)
+			d.ha.becomeLeader(term)
 			return
 		}
 		d.log.Warn("leader barrier", "err", err)
@@ -627,6 +649,15 @@ func (d *Director) metricsLoop(ctx context.Context) {
 	}
 }
 
+// reconciledGen is the configuration generation the dataplane holds: what
+// the reconciler last applied, or everything when there is no dataplane.
+func (d *Director) reconciledGen() uint64 {
+	if d.dataplane == nil {
+		return d.fsm.Generation()
+	}
+	return d.reconciled.Load()
+}
+
 // runReconciler drives the dataplane from the replicated state; without a
 // dataplane (a witness, or before the packet path is wired) it does nothing.
 func (d *Director) runReconciler(ctx context.Context) {
@@ -635,8 +666,11 @@ func (d *Director) runReconciler(ctx context.Context) {
 	}
 	for {
 		changed := d.fsm.Changed()
+		gen := d.fsm.Generation()
 		if err := d.dataplane.Reconcile(ctx, d.fsm); err != nil && ctx.Err() == nil {
 			d.log.Error("reconcile dataplane", "err", err)
+		} else if err == nil {
+			d.reconciled.Store(gen)
 		}
 		select {
 		case <-ctx.Done():

@@ -30,6 +30,42 @@
 // (WithDataplane, WithFSMOptions): Run drives its Reconcile from the
 // state machine's change notifications.
 //
+// A full director's packet path is a PacketPath around the dataplane
+// (packetpath.go). Reconcile converts the replicated state into a
+// dataplane.State: every service and realserver (weight, method, drain;
+// a DOWN verdict makes a realserver unhealthy, UNKNOWN is usable), every
+// VIP and the NAT gateway, and this director's front address; every
+// director holds all of them and its leases decide what it answers for. An
+// entry the dataplane refuses is logged, counted and left out, never
+// blocking the rest. A replicated FlushConnections reaches every
+// director's table through the state machine's connection hook, in log
+// order. ConnectionService lists the answering director's live table;
+// service reads carry its counters; /metrics reads the dataplane's
+// counters and the health verdicts at every scrape.
+//
+// Health (healthcheck.go): every full director runs a server/health
+// Checker over the realservers of every service with a check; only the
+// owner of a VIP proposes verdicts for its services (HealthVerdicts), and
+// only once it has a view of its own. A realserver some agent registered
+// an address for is DOWN when that agent has not reported for
+// Config.AgentTimeout. When a realserver goes DOWN in a service whose
+// failure policy is reschedule or drop, the state machine drops its
+// replicated connections and each director its local entries; their next
+// packets are scheduled afresh (a TCP peer then sees a reset). DR
+// realservers are probed through their forwarding path (pathdialer.go):
+// probe sockets carry a mark (0x52420000 + slot) that a rule at priority
+// 4300 sends to a table (43000 + slot) whose default route goes via the
+// realserver, on-link on the front interface, so the probe reaches the
+// realserver's MAC addressed to the VIP, as forwarded traffic does. The
+// director owns those rules and tables, removes them when its checks stop
+// and those a crashed run left at start. The realserver answers the
+// director from the VIP, which a strict reverse-path filter on the front
+// interface would drop: with rp_filter=1 DR targets are probed on their own
+// addresses instead (logged). TUN targets are probed on their own
+// addresses (encapsulating the director's own packets needs an ipip
+// device, which the kernel may lack), NAT targets through the inside
+// network, which is their forwarding path.
+//
 // In Insecure mode the API and the Raft transport run in plaintext and every
 // caller is treated as a director (all rights, forwarding included): it
 // exists for local experiments only.

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/raftlb/raftlb/server/fsm"
+	"github.com/raftlb/raftlb/server/ha"
 	"github.com/raftlb/raftlb/server/pki"
 )
 
@@ -33,6 +34,9 @@ var (
 	ErrUnauthenticated = errors.New("unauthenticated")
 	// ErrShuttingDown: the director is stopping.
 	ErrShuttingDown = errors.New("director is shutting down")
+	// ErrNoDataplane: the call reads this director's packet path, and it has
+	// none (a witness, or a director run without --iface).
+	ErrNoDataplane = errors.New("no dataplane on this director")
 )
 
 // errorDomain and reasonNotLeader mark a NOT_LEADER status so the forwarder
@@ -52,7 +56,7 @@ func toStatus(err error) error {
 	switch {
 	case errors.As(err, &fe):
 		return status.Error(fe.Code, err.Error())
-	case errors.Is(err, ErrNotLeader), errors.Is(err, raft.ErrNotLeader):
+	case errors.Is(err, ErrNotLeader), errors.Is(err, raft.ErrNotLeader), errors.Is(err, ha.ErrNotLeader):
 		st := status.New(codes.Unavailable, err.Error())
 		if d, derr := st.WithDetails(&errdetails.ErrorInfo{Reason: reasonNotLeader, Domain: errorDomain}); derr == nil {
 			st = d
@@ -63,6 +67,12 @@ func toStatus(err error) error {
 		return status.Error(codes.Unavailable, err.Error())
 	case errors.Is(err, ErrOutcomeUnknown), errors.Is(err, raft.ErrLeadershipLost):
 		return status.Error(codes.Unavailable, err.Error())
+	case errors.Is(err, ha.ErrUnknownAddress):
+		return status.Error(codes.NotFound, err.Error())
+	case errors.Is(err, ha.ErrNoTarget):
+		return status.Error(codes.FailedPrecondition, err.Error())
+	case errors.Is(err, ErrNoDataplane):
+		return status.Error(codes.FailedPrecondition, err.Error())
 	case errors.Is(err, ErrNotImplemented):
 		return status.Error(codes.Unimplemented, err.Error())
 	case errors.Is(err, ErrPermissionDenied):

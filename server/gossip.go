@@ -63,6 +63,10 @@ type gossip struct {
 	log  *slog.Logger
 	self string
 
+	// hint tells the HA reassigner of members joining (alive) and leaving
+	// or dying; it only speeds reassignment up.
+	hint func(id string, alive bool)
+
 	mu   sync.Mutex
 	gone map[string]string // id → "dead" or "left"
 }
@@ -73,7 +77,7 @@ type member struct {
 	State    string             // alive, suspect, dead, left
 }
 
-func newGossip(cfg Config, key []byte, meta *raftlbv1.Director, logger *slog.Logger) (*gossip, error) {
+func newGossip(cfg Config, key []byte, meta *raftlbv1.Director, logger *slog.Logger, hint func(id string, alive bool)) (*gossip, error) {
 	host, portStr, err := net.SplitHostPort(cfg.GossipAddr)
 	if err != nil {
 		return nil, fmt.Errorf("parse gossip address: %w", err)
@@ -82,7 +86,7 @@ func newGossip(cfg Config, key []byte, meta *raftlbv1.Director, logger *slog.Log
 	if err != nil {
 		return nil, fmt.Errorf("parse gossip port: %w", err)
 	}
-	g := &gossip{log: logger, self: cfg.ID, gone: map[string]string{}}
+	g := &gossip{log: logger, self: cfg.ID, gone: map[string]string{}, hint: hint}
 
 	mc := memberlist.DefaultLANConfig()
 	mc.Name = cfg.ID
@@ -192,6 +196,9 @@ func (g *gossip) NotifyJoin(n *memberlist.Node) {
 	g.mu.Unlock()
 	if n.Name != g.self {
 		g.log.Info("gossip member joined", "id", n.Name, "addr", n.Address())
+		if g.hint != nil {
+			g.hint(n.Name, true)
+		}
 	}
 }
 
@@ -207,6 +214,9 @@ func (g *gossip) NotifyLeave(n *memberlist.Node) {
 	g.gone[n.Name] = st
 	g.mu.Unlock()
 	g.log.Info("gossip member gone", "id", n.Name, "state", st)
+	if g.hint != nil {
+		g.hint(n.Name, false)
+	}
 }
 
 func (g *gossip) NotifyUpdate(*memberlist.Node) {}

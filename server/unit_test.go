@@ -17,6 +17,7 @@ import (
 
 	raftlbv1 "github.com/raftlb/raftlb/proto/raftlb/v1"
 	"github.com/raftlb/raftlb/server/fsm"
+	"github.com/raftlb/raftlb/server/ha"
 	"github.com/raftlb/raftlb/server/pki"
 )
 
@@ -34,6 +35,9 @@ func TestToStatus(t *testing.T) {
 		{fmt.Errorf("call: %w", ErrPermissionDenied), codes.PermissionDenied},
 		{fmt.Errorf("identify: %w", pki.ErrNoCertificate), codes.Unauthenticated},
 		{status.Error(codes.ResourceExhausted, "from the leader"), codes.ResourceExhausted},
+		{fmt.Errorf("grant: %w", ha.ErrNotLeader), codes.Unavailable},
+		{fmt.Errorf("move: %w", ha.ErrUnknownAddress), codes.NotFound},
+		{fmt.Errorf("move: %w", ha.ErrNoTarget), codes.FailedPrecondition},
 		{errors.New("surprise"), codes.Internal},
 	}
 	for _, tc := range tests {

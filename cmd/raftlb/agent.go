@@ -63,6 +63,7 @@ and its IP SANs bound the addresses the agent may register.`,
 	fs.IntVar(&cfg.TunnelMSS, "tunnel-mss", 0, "MSS advertised for TUN VIPs (default the interface MTU - 60)")
 	fs.StringVar(&cfg.TunnelName, "tunnel-name", agent.DefaultTunnelName, "name of the ipip device, where the kernel has ipip")
 	fs.DurationVar(&cfg.ResyncInterval, "resync-interval", 2*time.Second, "period of drift repair")
+	fs.DurationVar(&cfg.HeartbeatInterval, "heartbeat-interval", 10*time.Second, "longest time between two status reports, the directors' sign of life")
 
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		log, err := newLogger(os.Stderr, logLevel)

@@ -2,12 +2,14 @@ package main
 
 import (
 	"fmt"
+	"log/slog"
 	"os"
 	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/raftlb/raftlb/dataplane"
 	"github.com/raftlb/raftlb/server"
 )
 
@@ -90,6 +92,8 @@ SIGINT or SIGTERM shuts it down gracefully.`,
 		fmt.Sprintf("gratuitous ARPs sent on takeover (default %d)", d.GARPCount))
 	dur(func(c *server.Config) *time.Duration { return &c.GARPInterval }, "garp-interval", "spacing of the takeover gratuitous ARPs", d.GARPInterval)
 	dur(func(c *server.Config) *time.Duration { return &c.GARPRefresh }, "garp-refresh", "period of the gratuitous ARP refresh", d.GARPRefresh)
+	dur(func(c *server.Config) *time.Duration { return &c.AgentTimeout }, "agent-timeout",
+		"how long a realserver's agent may go without reporting before its realservers count as down", d.AgentTimeout)
 
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		log, err := newLogger(os.Stderr, logLevel)
@@ -123,11 +127,44 @@ SIGINT or SIGTERM shuts it down gracefully.`,
 		if err := cfg.Validate(); err != nil {
 			return usageError{fmt.Errorf("invalid director config:\n%w", err)}
 		}
-		d, err := server.New(cfg, log)
+		opts, closeDP, err := openDataplane(cfg, log)
+		if err != nil {
+			return err
+		}
+		defer closeDP()
+		d, err := server.New(cfg, log, opts...)
 		if err != nil {
 			return err
 		}
 		return d.Run(cmd.Context())
 	}
 	return cmd
+}
+
+// openDataplane opens a full director's packet path on --iface and
+// --inside-iface (the process runs in the director's network namespace);
+// a witness, or a director without --iface, has none.
+func openDataplane(cfg server.Config, log *slog.Logger) ([]server.Option, func(), error) {
+	if cfg.Witness || cfg.Iface == "" {
+		return nil, func() {}, nil
+	}
+	mode, err := dataplane.ParseAttachMode(cfg.AttachMode)
+	if err != nil {
+		return nil, nil, usageError{fmt.Errorf("--attach-mode: %w", err)}
+	}
+	dp, err := dataplane.Open(dataplane.Config{
+		FrontIface:  cfg.Iface,
+		InsideIface: cfg.InsideIface,
+		AttachMode:  mode,
+		Logger:      log.With("id", cfg.ID),
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("open dataplane: %w", err)
+	}
+	closeDP := func() {
+		if err := dp.Close(); err != nil {
+			log.Warn("close dataplane", "err", err)
+		}
+	}
+	return []server.Option{server.WithDataplane(server.NewPacketPath(dp, log.With("id", cfg.ID)))}, closeDP, nil
 }

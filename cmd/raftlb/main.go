@@ -50,6 +50,8 @@ services, realservers, VIP ownership and connection table with Raft, and talks t
 		newStatusCmd(),
 		newClusterCmd(),
 		newAddressCmd(),
+		newVIPCmd(),
+		newConnsCmd(),
 		newTLSCmd(),
 		newLabCmd(),
 	)

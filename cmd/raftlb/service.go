@@ -323,11 +323,23 @@ func keyString(k *raftlbv1.ServiceKey) string {
 }
 
 func printServices(w io.Writer, r *raftlbv1.ListServicesResponse) error {
-	t := newTable(w, "SERVICE", "SCHEDULER", "PERSISTENCE", "HEALTH", "FAILURE-POLICY", "REALSERVERS", "CONNECTIONS")
+	t := newTable(w, "SERVICE", "SCHEDULER", "PERSISTENCE", "HEALTH", "FAILURE-POLICY", "REALSERVERS", "UP/DOWN", "ACTIVE", "CONNECTIONS", "PACKETS", "BYTES")
 	for _, s := range r.GetServices() {
+		up, down := 0, 0
+		for _, rs := range s.GetRealservers() {
+			switch rs.GetHealth() {
+			case raftlbv1.HealthState_HEALTH_STATE_UP:
+				up++
+			case raftlbv1.HealthState_HEALTH_STATE_DOWN:
+				down++
+			}
+		}
+		st := s.GetStats()
 		t.row(keyString(s.GetKey()), schedulerWords.name(s.GetScheduler()), seconds(s.GetPersistenceSeconds()),
 			healthWords.name(s.GetHealthCheck().GetType()), failurePolicyWords.name(s.GetFailurePolicy()),
-			strconv.Itoa(len(s.GetRealservers())), strconv.FormatUint(s.GetStats().GetActiveConnections(), 10))
+			strconv.Itoa(len(s.GetRealservers())), fmt.Sprintf("%d/%d", up, down),
+			strconv.FormatUint(st.GetActiveConnections(), 10), strconv.FormatUint(st.GetConnections(), 10),
+			strconv.FormatUint(st.GetPackets(), 10), strconv.FormatUint(st.GetBytes(), 10))
 	}
 	return t.flush()
 }
@@ -378,11 +390,13 @@ func printService(w io.Writer, s *raftlbv1.VirtualService) error {
 }
 
 func printRealservers(w io.Writer, rss []*raftlbv1.Realserver) error {
-	t := newTable(w, "REALSERVER", "PORT", "WEIGHT", "METHOD", "ADMIN", "HEALTH", "ACTIVE", "CONNECTIONS")
+	t := newTable(w, "REALSERVER", "PORT", "WEIGHT", "METHOD", "ADMIN", "HEALTH", "ACTIVE", "CONNECTIONS", "PACKETS", "BYTES")
 	for _, rs := range rss {
+		st := rs.GetStats()
 		t.row(rs.GetAddress(), orDash(uintOrEmpty(rs.GetPort())), strconv.FormatUint(uint64(rs.GetWeight()), 10),
 			methodWords.name(rs.GetMethod()), adminStateWords.name(rs.GetAdminState()), healthStateWords.name(rs.GetHealth()),
-			strconv.FormatUint(rs.GetStats().GetActiveConnections(), 10), strconv.FormatUint(rs.GetStats().GetConnections(), 10))
+			strconv.FormatUint(st.GetActiveConnections(), 10), strconv.FormatUint(st.GetConnections(), 10),
+			strconv.FormatUint(st.GetPackets(), 10), strconv.FormatUint(st.GetBytes(), 10))
 	}
 	return t.flush()
 }

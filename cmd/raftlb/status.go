@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"strconv"
 	"time"
 
@@ -28,20 +29,35 @@ func newStatusCmd() *cobra.Command {
 	addClientFlags(cmd, o, false)
 	cmd.Flags().BoolVar(&consistent, "consistent", false, "read through the leader (linearizable) instead of locally")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
-		// The table adds the realserver agents; -o json prints the API's answer as it is
-		// (the agents are in `raftlb agent list -o json`).
-		var agents []*raftlbv1.AgentInfo
+		// The table adds the realservers' health and the agents; -o json prints the API's
+		// answer as it is (those are in `raftlb service list -o json` and
+		// `raftlb agent list -o json`).
+		var (
+			agents []*raftlbv1.AgentInfo
+			svcs   []*raftlbv1.VirtualService
+		)
 		return call(cmd, o, func(ctx context.Context, cc grpc.ClientConnInterface) (*raftlbv1.GetStatusResponse, error) {
 			r, err := clusterClient(cc).GetStatus(ctx, &raftlbv1.GetStatusRequest{Consistent: consistent})
 			if err != nil || o.output == outputJSON {
 				return r, err
 			}
+			s, err := lbClient(cc).ListServices(ctx, &raftlbv1.ListServicesRequest{Consistent: consistent})
+			if err != nil {
+				return r, err
+			}
+			svcs = s.GetServices()
 			a, err := raftlbv1.NewAgentServiceClient(cc).ListAgents(ctx, &raftlbv1.ListAgentsRequest{})
 			agents = a.GetAgents()
 			return r, err
 		}, func(w io.Writer, r *raftlbv1.GetStatusResponse) error {
 			if err := printStatus(w, r); err != nil {
 				return err
+			}
+			if len(svcs) > 0 {
+				fmt.Fprintln(w)
+				if err := printHealthSummary(w, svcs); err != nil {
+					return err
+				}
 			}
 			if len(agents) == 0 {
 				return nil
@@ -99,6 +115,20 @@ func printAgentSummary(w io.Writer, agents []*raftlbv1.AgentInfo, now time.Time)
 		}
 		t.row(a.GetId(), strconv.FormatUint(a.GetAppliedGeneration(), 10), orDash(a.GetDecapMode()),
 			fmt.Sprintf("%d/%d", applied, len(a.GetVips())), lastSeen(a, now), orDash(oneLine(a.GetError())))
+	}
+	return t.flush()
+}
+
+// printHealthSummary writes one row per realserver of every service: its replicated
+// health verdict and the answering director's counters.
+func printHealthSummary(w io.Writer, svcs []*raftlbv1.VirtualService) error {
+	t := newTable(w, "SERVICE", "REALSERVER", "METHOD", "HEALTH", "ACTIVE", "CONNECTIONS")
+	for _, s := range svcs {
+		for _, rs := range s.GetRealservers() {
+			t.row(keyString(s.GetKey()), net.JoinHostPort(rs.GetAddress(), strconv.FormatUint(uint64(rs.GetPort()), 10)),
+				methodWords.name(rs.GetMethod()), healthStateWords.name(rs.GetHealth()),
+				strconv.FormatUint(rs.GetStats().GetActiveConnections(), 10), strconv.FormatUint(rs.GetStats().GetConnections(), 10))
+		}
 	}
 	return t.flush()
 }

@@ -87,4 +87,11 @@ var (
 		{"up", raftlbv1.HealthState_HEALTH_STATE_UP},
 		{"down", raftlbv1.HealthState_HEALTH_STATE_DOWN},
 	}
+	connStateWords = words[raftlbv1.ConnectionState]{
+		{"SYN_RECV", raftlbv1.ConnectionState_CONNECTION_STATE_SYN_RECV},
+		{"ESTABLISHED", raftlbv1.ConnectionState_CONNECTION_STATE_ESTABLISHED},
+		{"FIN_WAIT", raftlbv1.ConnectionState_CONNECTION_STATE_FIN_WAIT},
+		{"CLOSE", raftlbv1.ConnectionState_CONNECTION_STATE_CLOSE},
+		{"UDP", raftlbv1.ConnectionState_CONNECTION_STATE_UDP},
+	}
 )

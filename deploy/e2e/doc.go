@@ -5,7 +5,13 @@
 // own outside its tests.
 //
 // The tests need root (they build network namespaces) and skip without it. TestMain
-// builds cmd/raftlb once; every test brings up its own lab under a prefix that starts
-// with "rlbag", so the tests run side by side with each other and with other packages'
-// labs.
+// builds cmd/raftlb once; every test brings up its own lab under a prefix of its own
+// that starts with "rlb" ("rlbag…" for the agent tests, "rlbhc-" for the health checks),
+// so the tests run side by side with each other and with other packages' labs.
+//
+// Traffic goes through the directors' dataplanes: TestAgentTraffic sends HTTP, a
+// megabyte of echo and long-lived echo streams through a DR, a TUN and a NAT service
+// and checks the connection table (`raftlb conns list|flush`); TestHealthChecks stops
+// and restarts a realserver's backend and breaks its forwarding path, and checks the
+// replicated verdicts, where new connections go, and /metrics.
 package e2e

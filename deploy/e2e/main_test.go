@@ -117,7 +117,12 @@ func (l *testLab) mustCLI(args ...string) string {
 
 // getJSON runs a read verb with -o json and decodes its answer into m.
 func (l *testLab) getJSON(m proto.Message, args ...string) error {
-	out, err := l.cli(append(args, "-o", "json")...)
+	return l.getJSONFrom("d1", m, args...)
+}
+
+// getJSONFrom is getJSON against director host.
+func (l *testLab) getJSONFrom(host string, m proto.Message, args ...string) error {
+	out, err := l.CLI(l.ctx, raftlbBin, host, append(args, "-o", "json", "--timeout", "10s")...)
 	if err != nil {
 		return err
 	}

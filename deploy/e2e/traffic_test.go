@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -9,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"os"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -17,21 +17,16 @@ import (
 	"time"
 
 	"github.com/raftlb/raftlb/deploy/lab"
+	raftlbv1 "github.com/raftlb/raftlb/proto/raftlb/v1"
 )
-
-// EnvTraffic enables TestAgentTraffic. Traffic through a VIP needs the dataplane driven
-// by `raftlb director`, which is being wired in; until then the test would fail for a
-// reason outside the agent, so it runs only when asked: RAFTLB_E2E_TRAFFIC=1.
-const EnvTraffic = "RAFTLB_E2E_TRAFFIC"
 
 // TestAgentTraffic sends client traffic through the DR, TUN and NAT services once the
 // agents configured the realservers: HTTP GETs from the client reach every realserver
-// through each VIP, and TCP echo streams through each VIP stay unbroken while every
-// agent is killed and restarted.
+// through each VIP, a megabyte echoes back intact through each, `raftlb conns list`
+// shows the connections and `raftlb conns flush` empties every director's table, and
+// TCP echo streams through each VIP stay unbroken while every agent is killed and
+// restarted.
 func TestAgentTraffic(t *testing.T) {
-	if os.Getenv(EnvTraffic) == "" {
-		t.Skipf("needs the director dataplane wired into `raftlb director` (in progress); set %s=1 to run", EnvTraffic)
-	}
 	t.Parallel()
 	l := upLab(t, "rlbagt-", lab.UpOptions{StartDirectors: true, StartBackends: true, StartAgents: true})
 	l.waitAgentsRegistered()
@@ -67,10 +62,17 @@ func TestAgentTraffic(t *testing.T) {
 		t.Logf("%s: answers %v", vip, seen)
 	}
 
+	for _, vip := range []string{vipDR, vipTUN, vipNAT} {
+		if err := l.echoBulk(vip, 1<<20); err != nil {
+			t.Fatalf("1 MB echo through %s: %v", vip, err)
+		}
+	}
+
 	var streams []*echoStream
 	for _, vip := range []string{vipDR, vipTUN, vipNAT} {
 		streams = append(streams, l.startEcho(t, vip))
 	}
+	l.checkConnsListed(streams)
 	restart := time.Now()
 	for _, rs := range realservers {
 		l.kill(lab.AgentName(rs))
@@ -109,6 +111,114 @@ func TestAgentTraffic(t *testing.T) {
 		}
 		t.Logf("echo stream through %s: %d round trips, unbroken", s.vip, n)
 	}
+
+	// The closed connections linger in the table (FIN_WAIT, CLOSE) until a flush. Wait
+	// until every director has them closing, so no event about them is still on its way
+	// to the replicated table (it would bring them back after the flush).
+	eventually(t, 10*time.Second, "every director lists the streams as closing", func() error {
+		for _, d := range lab.HostsWithRole(lab.RoleDirector) {
+			var r raftlbv1.ListConnectionsResponse
+			if err := l.getJSONFrom(d.Name, &r, "conns", "list"); err != nil {
+				return err
+			}
+			for _, s := range streams {
+				if !slices.ContainsFunc(r.GetConnections(), func(c *raftlbv1.Connection) bool {
+					return c.GetVip() == s.vip && c.GetClientPort() == uint32(s.conn.LocalAddr().(*net.TCPAddr).Port) &&
+						c.GetState() != raftlbv1.ConnectionState_CONNECTION_STATE_ESTABLISHED
+				}) {
+					return fmt.Errorf("%s does not list the stream through %s as closing", d.Name, s.vip)
+				}
+			}
+		}
+		return nil
+	})
+	l.mustCLI("conns", "flush")
+	for _, d := range lab.HostsWithRole(lab.RoleDirector) {
+		var r raftlbv1.ListConnectionsResponse
+		if err := l.getJSONFrom(d.Name, &r, "conns", "list"); err != nil {
+			t.Fatalf("conns list on %s: %v", d.Name, err)
+		}
+		if n := len(r.GetConnections()); n != 0 {
+			t.Errorf("conns list on %s after conns flush: %d entries, want none: %v", d.Name, n, r.GetConnections())
+		}
+	}
+}
+
+// checkConnsListed checks that `raftlb conns list` on the VIPs' owner shows each
+// stream's connection, to a realserver of the service, established.
+func (l *testLab) checkConnsListed(streams []*echoStream) {
+	l.tb.Helper()
+	owners := l.owners()
+	for _, s := range streams {
+		local := s.conn.LocalAddr().(*net.TCPAddr)
+		var r raftlbv1.ListConnectionsResponse
+		if err := l.getJSONFrom(owners[s.vip], &r, "conns", "list", "--vip", s.vip); err != nil {
+			l.tb.Fatalf("conns list --vip %s: %v", s.vip, err)
+		}
+		found := false
+		for _, c := range r.GetConnections() {
+			if c.GetVip() != s.vip || c.GetClientPort() != uint32(local.Port) {
+				continue
+			}
+			found = true
+			if c.GetState() != raftlbv1.ConnectionState_CONNECTION_STATE_ESTABLISHED || c.GetVport() != lab.BackendEchoPort {
+				l.tb.Errorf("conns list: stream through %s is %v", s.vip, c)
+			}
+		}
+		if !found {
+			l.tb.Errorf("conns list --vip %s on %s lacks the stream from port %d: %v", s.vip, owners[s.vip], local.Port, r.GetConnections())
+		}
+	}
+}
+
+// owners maps each announced address to its owner, as d1 sees it.
+func (l *testLab) owners() map[string]string {
+	l.tb.Helper()
+	var r raftlbv1.ListAddressesResponse
+	if err := l.getJSON(&r, "address", "list"); err != nil {
+		l.tb.Fatalf("address list: %v", err)
+	}
+	out := make(map[string]string)
+	for _, a := range r.GetAddresses() {
+		out[a.GetAddress()] = a.GetOwner()
+	}
+	return out
+}
+
+// echoBulk sends n pseudo-random bytes to vip's echo port on one connection and
+// checks that exactly they come back.
+func (l *testLab) echoBulk(vip string, n int) error {
+	ctx, cancel := context.WithTimeout(l.ctx, 20*time.Second)
+	defer cancel()
+	addr := netip.AddrPortFrom(netip.MustParseAddr(vip), lab.BackendEchoPort).String()
+	conn, err := l.DialContext("client")(ctx, "tcp4", addr)
+	if err != nil {
+		return fmt.Errorf("dial %s: %w", addr, err)
+	}
+	defer conn.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = conn.SetDeadline(dl)
+	}
+	want := make([]byte, n)
+	for i := range want {
+		want[i] = byte(i*7 + i>>8)
+	}
+	werr := make(chan error, 1)
+	go func() {
+		_, err := conn.Write(want)
+		werr <- err
+	}()
+	got := make([]byte, n)
+	if _, err := io.ReadFull(conn, got); err != nil {
+		return fmt.Errorf("read echo: %w", err)
+	}
+	if err := <-werr; err != nil {
+		return fmt.Errorf("write: %w", err)
+	}
+	if !bytes.Equal(got, want) {
+		return errors.New("echoed bytes differ from those sent")
+	}
+	return nil
 }
 
 // echoStream is one TCP connection to a VIP's echo port, sending a numbered line every

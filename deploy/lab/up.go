@@ -205,12 +205,19 @@ func (l *Lab) DirectorArgs(id string) ([]string, error) {
 		"--tls-cert", filepath.Join(tls, "director-"+id+".pem"),
 		"--tls-key", filepath.Join(tls, "director-"+id+"-key.pem"),
 		"--gossip-key-file", l.gossipKeyFile(),
+		// Failover in the lab within about a second: a lost owner's VIPs move
+		// once its lease has surely run out (lease plus a 50 ms margin).
+		"--lease-duration", LeaseDuration.String(),
 	}
 	if h.Role == RoleWitness {
 		return append(args, "--witness"), nil
 	}
 	return append(args, "--iface", FrontIface, "--inside-iface", InsideIface), nil
 }
+
+// LeaseDuration is the address lease the lab's directors grant: short, so
+// a failover takes well under a second, and still several Raft heartbeats.
+const LeaseDuration = 500 * time.Millisecond
 
 // BackendArgs returns the flags (after the binary) that run the lab backend for name.
 func BackendArgs(name string) []string {

@@ -45,7 +45,7 @@ func (t *txn) apply() (*raftlbv1.Result, error) {
 	case *raftlbv1.Command_AssignAddresses:
 		return t.assignAddresses(op.AssignAddresses)
 	case *raftlbv1.Command_ConnectionBatch:
-		t.s.applyConnBatch(op.ConnectionBatch, t.maxConns, t.conns)
+		t.s.applyConnBatch(op.ConnectionBatch, t.cmd.GetOrigin(), t.maxConns, t.conns)
 		return &raftlbv1.Result{}, nil
 	case *raftlbv1.Command_FlushConnections:
 		return t.flushConnections(op.FlushConnections)
@@ -281,14 +281,16 @@ func (t *txn) setAddress(in *raftlbv1.Address) (*raftlbv1.Result, error) {
 }
 
 // upsertDirector records a director's announcement. A director that became
-// a witness loses its addresses; any address without an owner is assigned.
+// a witness loses its addresses. Nothing is assigned here: an address
+// without an owner may still be answered by its last owner until that
+// one's lease runs out, which only the leader's reassigner can tell.
 func (t *txn) upsertDirector(d *raftlbv1.Director) (*raftlbv1.Result, error) {
 	d = proto.CloneOf(d)
 	if cur, ok := t.s.directors[d.GetId()]; !ok || !proto.Equal(cur, d) {
 		t.s.directors[d.GetId()] = d
 		t.config = true
 	}
-	if t.s.assignUnowned() {
+	if t.s.disownNonDirectors() {
 		t.config = true
 	}
 	return &raftlbv1.Result{}, nil
@@ -296,8 +298,8 @@ func (t *txn) upsertDirector(d *raftlbv1.Director) (*raftlbv1.Result, error) {
 
 // removeDirector forgets a director. Its addresses become unowned rather
 // than moving at once: it may still be forwarding, and the next owner must
-// wait until it surely is not. They are assigned again when a director
-// announces itself (and, later, by the leader once the lease has lapsed).
+// wait until it surely is not. The leader's reassigner assigns them once the
+// old lease has surely run out.
 func (t *txn) removeDirector(id string) (*raftlbv1.Result, error) {
 	if _, ok := t.s.directors[id]; !ok {
 		return nil, notFound("id", "director %q not found", id)
@@ -364,11 +366,13 @@ func (t *txn) assignAddresses(r *raftlbv1.AssignAddresses) (*raftlbv1.Result, er
 }
 
 func (t *txn) flushConnections(r *raftlbv1.FlushConnectionsRequest) (*raftlbv1.Result, error) {
+	t.conns.Flush = true
 	if r.GetVip() == "" {
 		t.s.deleteConns(func(connKey) bool { return true }, t.conns)
 		return &raftlbv1.Result{}, nil
 	}
 	a, _ := parseUnicast(r.GetVip())
+	t.conns.FlushVIP = a
 	vip := IPv4ToUint32(a)
 	t.s.deleteConns(func(c connKey) bool { return c.vip == vip }, t.conns)
 	return &raftlbv1.Result{}, nil
@@ -408,7 +412,10 @@ func (t *txn) reportAgentStatus(r *raftlbv1.ReportStatusRequest) (*raftlbv1.Resu
 }
 
 // healthVerdicts records verdicts. One for a service or realserver that is
-// gone (removed while it was being probed) is skipped, not an error.
+// gone (removed while it was being probed) is skipped, not an error. A
+// realserver going down in a service whose failure policy is reschedule or
+// drop loses its replicated connections, so no director keeps (or, taking
+// over, installs) them; each dataplane drops its own entries likewise.
 func (t *txn) healthVerdicts(h *raftlbv1.HealthVerdicts) (*raftlbv1.Result, error) {
 	for _, v := range h.GetVerdicts() {
 		k, _ := keyOf(v.GetService())
@@ -423,6 +430,20 @@ func (t *txn) healthVerdicts(h *raftlbv1.HealthVerdicts) (*raftlbv1.Result, erro
 		}
 		rs.Health = v.GetState()
 		t.config = true
+		switch sv.def.GetFailurePolicy() {
+		case raftlbv1.FailurePolicy_FAILURE_POLICY_RESCHEDULE, raftlbv1.FailurePolicy_FAILURE_POLICY_DROP:
+			if v.GetState() != raftlbv1.HealthState_HEALTH_STATE_DOWN {
+				break
+			}
+			vip, rip := IPv4ToUint32(k.vip), IPv4ToUint32(rk.addr)
+			t.s.deleteConns(func(c connKey) bool {
+				if c.vip != vip || c.vport != k.port || c.proto != k.proto {
+					return false
+				}
+				cv := t.s.conns[c]
+				return cv.rip == rip && cv.rport == rk.port
+			}, t.conns)
+		}
 	}
 	return &raftlbv1.Result{}, nil
 }

@@ -88,23 +88,50 @@ type ConnChange struct {
 	// Reset means the whole table was replaced (a snapshot was restored):
 	// re-read it with FSM.Connections. Upserts and Deletes are empty then.
 	Reset bool
+	// Flush says a FlushConnections command was applied: every director
+	// empties its dataplane's table, the entries the replicated table never
+	// held included. FlushVIP is the VIP it was limited to, or the zero Addr
+	// for all of them. Deletes lists the replicated entries it removed.
+	Flush    bool
+	FlushVIP netip.Addr
 	// Upserts are entries added or refreshed, in key order.
 	Upserts []*raftlbv1.ConnEntry
 	// Deletes are entries removed (key fields only matter), in key order.
 	// Entries dropped because the table was full appear in neither list.
 	// Apply Deletes before Upserts: a key may appear in both.
 	Deletes []*raftlbv1.ConnEntry
+	// UnixNano is the proposer's clock stamp on the command that made the
+	// change (Command.unix_nano), for measuring replication lag.
+	UnixNano int64
 }
 
 func (c *ConnChange) empty() bool {
-	return !c.Reset && len(c.Upserts) == 0 && len(c.Deletes) == 0
+	return !c.Reset && !c.Flush && len(c.Upserts) == 0 && len(c.Deletes) == 0
 }
 
 // applyConnBatch applies deletes first, then upserts, so that a batch freeing
 // room makes room for its own new entries. A batch should name a key once;
 // if it names one in both lists, the upsert wins.
-func (s *state) applyConnBatch(b *raftlbv1.ConnectionBatch, limit int, ch *ConnChange) {
+//
+// Only entries of VIPs that origin owns in this state are applied: a deposed
+// owner's late batch, committed after the VIP moved, must neither overwrite
+// nor delete what the new owner replicates. The check reads replicated state
+// only, so every replica skips the same entries.
+func (s *state) applyConnBatch(b *raftlbv1.ConnectionBatch, origin string, limit int, ch *ConnChange) {
+	owned := make(map[uint32]bool)
+	owns := func(vip uint32) bool {
+		v, ok := owned[vip]
+		if !ok {
+			a := s.addresses[Uint32ToIPv4(vip)]
+			v = origin != "" && a != nil && a.GetOwner() == origin
+			owned[vip] = v
+		}
+		return v
+	}
 	for _, e := range b.GetDeletes() {
+		if !owns(e.GetVip()) {
+			continue
+		}
 		k := connKeyOf(e)
 		if _, ok := s.conns[k]; ok {
 			delete(s.conns, k)
@@ -112,6 +139,9 @@ func (s *state) applyConnBatch(b *raftlbv1.ConnectionBatch, limit int, ch *ConnC
 		}
 	}
 	for _, e := range b.GetUpserts() {
+		if !owns(e.GetVip()) {
+			continue
+		}
 		k := connKeyOf(e)
 		if _, ok := s.conns[k]; !ok && len(s.conns) >= limit {
 			s.dropped++

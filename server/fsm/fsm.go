@@ -26,9 +26,9 @@ import (
 // swaps it in under the lock, so a read sees the old state or the new one,
 // never a mix.
 type FSM struct {
-	log      *slog.Logger
-	maxConns int
-	connHook func(ConnChange)
+	log       *slog.Logger
+	maxConns  int
+	connHooks []func(ConnChange)
 
 	mu      sync.RWMutex
 	s       *state
@@ -54,12 +54,17 @@ func WithMaxConnections(n int) Option {
 	}
 }
 
-// WithConnectionHook sets a function told of every change of the connection
-// table, in log order, from the goroutine that applies the log, after the
-// change is visible to reads and with no lock held. It must not block for
-// long: Apply waits for it.
+// WithConnectionHook adds a function told of every change of the connection
+// table (and of every flush), in log order, from the goroutine that applies
+// the log, after the change is visible to reads and with no lock held. Hooks
+// run in the order they were added. A hook must not block for long: Apply
+// waits for it.
 func WithConnectionHook(fn func(ConnChange)) Option {
-	return func(f *FSM) { f.connHook = fn }
+	return func(f *FSM) {
+		if fn != nil {
+			f.connHooks = append(f.connHooks, fn)
+		}
+	}
 }
 
 // New returns an empty FSM.
@@ -123,8 +128,11 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
 }
 
 func (f *FSM) emit(ch ConnChange) {
-	if f.connHook != nil && !ch.empty() {
-		f.connHook(ch)
+	if ch.empty() {
+		return
+	}
+	for _, hook := range f.connHooks {
+		hook(ch)
 	}
 }
 
@@ -149,6 +157,7 @@ func (f *FSM) applyLocked(l *raft.Log, ch *ConnChange) (*raftlbv1.Result, bool) 
 		}
 		return f.result(err), false
 	}
+	ch.UnixNano = cmd.GetUnixNano()
 	t := &txn{s: f.s, cmd: cmd, maxConns: f.maxConns, conns: ch}
 	res, err := t.apply()
 	if err != nil {

@@ -424,11 +424,11 @@ func buildLog() []*raftlbv1.Command {
 		{Op: &raftlbv1.Command_HealthVerdicts{HealthVerdicts: &raftlbv1.HealthVerdicts{Verdicts: []*raftlbv1.HealthVerdict{
 			{Service: key(vip1, 80), Address: rs2, State: raftlbv1.HealthState_HEALTH_STATE_DOWN},
 		}}}},
-		connBatch([]*raftlbv1.ConnEntry{
+		connBatchFrom("d2", []*raftlbv1.ConnEntry{
 			conn(vip1, 80, "192.0.2.100", 40001, rs1),
 			conn(vip1, 80, "192.0.2.100", 40000, rs2),
-			conn(vip2, 443, "192.0.2.101", 40000, nrs1),
 		}, nil),
+		connBatchFrom("d1", []*raftlbv1.ConnEntry{conn(vip2, 443, "192.0.2.101", 40000, nrs1)}, nil),
 		assign(vip2, "d2", 5),
 	}
 }
@@ -477,7 +477,7 @@ func TestSnapshotRestore(t *testing.T) {
 	h := newNode(t)
 	h.mustApply(t, upsertDirector("d9", "192.0.2.9", false))
 	h.mustApply(t, createSvc("198.51.100.99", 8080, ""))
-	h.mustApply(t, connBatch([]*raftlbv1.ConnEntry{conn("198.51.100.99", 8080, "192.0.2.100", 1, rs1)}, nil))
+	h.mustApply(t, connBatchFrom("d9", []*raftlbv1.ConnEntry{conn("198.51.100.99", 8080, "192.0.2.100", 1, rs1)}, nil))
 	restore(t, h.FSM, data)
 	if diff := cmp.Diff(readAll(f.FSM), readAll(h.FSM), protocmp.Transform()); diff != "" {
 		t.Errorf("state after restoring over other state (-want +got):\n%s", diff)
@@ -494,12 +494,14 @@ func TestSnapshotRestore(t *testing.T) {
 
 func TestSnapshotChunks(t *testing.T) {
 	f := newNode(t)
+	f.mustApply(t, upsertDirector("d1", "192.0.2.1", false))
+	f.mustApply(t, createSvc(vip1, 80, ""))
 	var batch []*raftlbv1.ConnEntry
 	for i := range 3*snapshotChunk + 5 {
 		batch = append(batch, conn(vip1, 80, "192.0.2.100", uint32(i%65535+1), rs1))
 		batch[len(batch)-1].ClientIp += uint32(i / 65535)
 	}
-	f.mustApply(t, connBatch(batch, nil))
+	f.mustApply(t, connBatchFrom("d1", batch, nil))
 	data := snapshotBytes(t, f.FSM)
 	g := newNode(t)
 	restore(t, g.FSM, data)

@@ -151,6 +151,13 @@ func connBatch(upserts, deletes []*raftlbv1.ConnEntry) *raftlbv1.Command {
 	return &raftlbv1.Command{Op: &raftlbv1.Command_ConnectionBatch{ConnectionBatch: &raftlbv1.ConnectionBatch{Upserts: upserts, Deletes: deletes}}}
 }
 
+// connBatchFrom is a connection batch proposed by director origin.
+func connBatchFrom(origin string, upserts, deletes []*raftlbv1.ConnEntry) *raftlbv1.Command {
+	c := connBatch(upserts, deletes)
+	c.Origin = origin
+	return c
+}
+
 func nopCloser(b []byte) io.ReadCloser { return io.NopCloser(bytes.NewReader(b)) }
 
 func mustMarshal(t *testing.T, c *raftlbv1.Command) []byte {

@@ -119,13 +119,17 @@ func (s *state) vipInUse(vip netip.Addr) bool {
 
 // --- ownership ---
 //
-// Until the HA work takes over, owners are assigned statically and
-// deterministically: a new address goes to its preferred owner if that is a
-// full director, else to the full director with the lowest id; addresses left
-// unowned (their owner was removed) are assigned when a director announces
-// itself. The NAT gateway and every VIP with a NAT realserver form one group
-// with one owner, because NAT realservers have a single return route.
-// Every change of owner bumps the address's epoch.
+// The state machine gives an address an owner only when the address is
+// created: its preferred owner if that is a full director, else the full
+// director with the lowest id (the NAT gateway: the NAT group's owner). From
+// then on owners change only through AssignAddresses, which the leader's
+// reassigner proposes once the old owner's lease has surely run out (or the
+// old owner released it). What the state machine may do by itself is take an
+// owner away, never give one: a removed director, a director turned witness,
+// and a VIP that joins the NAT group under another owner than the group's
+// lose their owner. The NAT gateway and every VIP with a NAT realserver form
+// one group with one owner, because NAT realservers have a single return
+// route. Every change of owner bumps the address's epoch.
 
 func (s *state) fullDirector(id string) bool {
 	d, ok := s.directors[id]
@@ -201,7 +205,11 @@ func groupOwner(group []*raftlbv1.Address) string {
 	return ""
 }
 
-// alignNATGroup moves every member of the NAT group to the group's owner.
+// alignNATGroup keeps the NAT group under one owner: a member that another
+// director owns (a VIP that just gained a NAT realserver) loses its owner.
+// Its epoch moves, so its old owner's lease is refused from now on, and the
+// reassigner gives it to the group's owner once that lease has surely run
+// out; moving it here at once could let two directors answer for it.
 func (s *state) alignNATGroup() bool {
 	group := s.natGroup()
 	owner := groupOwner(group)
@@ -210,41 +218,21 @@ func (s *state) alignNATGroup() bool {
 	}
 	changed := false
 	for _, a := range group {
-		changed = setOwner(a, owner) || changed
+		if a.GetOwner() != "" && a.GetOwner() != owner {
+			changed = setOwner(a, "") || changed
+		}
 	}
 	return changed
 }
 
-// assignUnowned gives every address without a usable owner one.
-func (s *state) assignUnowned() bool {
+// disownNonDirectors takes every address away from an owner that is no
+// longer a full director (removed, or turned witness).
+func (s *state) disownNonDirectors() bool {
 	changed := false
-	for _, a := range s.addresses {
-		if a.GetOwner() != "" && !s.fullDirector(a.GetOwner()) {
-			changed = setOwner(a, "") || changed
-		}
-	}
-	group := s.natGroup()
-	inGroup := make(map[string]bool, len(group))
-	for _, a := range group {
-		inGroup[a.GetAddress()] = true
-	}
-	if len(group) > 0 && groupOwner(group) == "" {
-		pref := ""
-		for _, a := range group {
-			if s.fullDirector(a.GetPreferredOwner()) {
-				pref = a.GetPreferredOwner()
-				break
-			}
-		}
-		if owner := s.pickOwner(pref); owner != "" {
-			changed = setOwner(group[0], owner) || changed
-		}
-	}
-	changed = s.alignNATGroup() || changed
 	for _, addr := range sortedKeys(s.addresses, netip.Addr.Compare) {
 		a := s.addresses[addr]
-		if a.GetOwner() == "" && !inGroup[a.GetAddress()] {
-			changed = setOwner(a, s.pickOwner(a.GetPreferredOwner())) || changed
+		if a.GetOwner() != "" && !s.fullDirector(a.GetOwner()) {
+			changed = setOwner(a, "") || changed
 		}
 	}
 	return changed

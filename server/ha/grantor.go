@@ -214,6 +214,7 @@ func (g *Grantor) Grant(ctx context.Context, directorID string, claims []Claim) 
 			out.Release = append(out.Release, c)
 			continue
 		case g.fenced[c.Address] > 0:
+		case g.heldByOtherLocked(c.Address, directorID, now):
 		default:
 			g.grants[c.Address] = grantRecord{owner: directorID, epoch: c.Epoch, at: now}
 			g.lastGrant[directorID] = now
@@ -224,6 +225,22 @@ func (g *Grantor) Grant(ctx context.Context, directorID string, claims []Claim) 
 	}
 	g.m.inc(func(m *Metrics) prometheus.Counter { return m.LeaseGrants }, len(out.Granted))
 	return out, nil
+}
+
+// heldByOtherLocked reports whether this leader granted addr to another
+// director whose lease may still be valid at now (and was not released). The
+// reassigner never assigns such an address, but an owner may change in other
+// ways (an address deleted and created again, or leaving and joining the
+// NAT group); this keeps even those from giving two directors a lease.
+func (g *Grantor) heldByOtherLocked(addr netip.Addr, directorID string, now time.Time) bool {
+	rec, ok := g.grants[addr]
+	if !ok || rec.owner == directorID {
+		return false
+	}
+	if e, ok := g.released[addr]; ok && e == rec.epoch {
+		return false
+	}
+	return !now.After(g.boundLocked(rec.at))
 }
 
 // Release records that directorID stopped answering for the claims (each at

@@ -118,3 +118,30 @@ func TestSurelyExpired(t *testing.T) {
 		t.Fatal("not expired after lastGrant + lease + margin")
 	}
 }
+
+// TestGrantHeldByOther checks the grantor's own fence: an address this
+// leader granted to one director is not granted to another until that lease
+// has surely run out or was released, whatever the replicated state says.
+func TestGrantHeldByOther(t *testing.T) {
+	a := mustAddr(t, "198.51.100.10")
+	f := newHAFixture(t, vip("198.51.100.10", "", "d1", 2))
+	f.grant(t, "d1", Claim{a, 2})
+	f.st.setOwner("198.51.100.10", "d2") // e.g. deleted and created again elsewhere
+	if l := f.grant(t, "d2", Claim{a, 3}); len(l.Granted) != 0 {
+		t.Fatalf("granted %v to d2 while d1's lease may be valid", l.Granted)
+	}
+	f.clk.Advance(testLease + testMargin + time.Millisecond)
+	if l := f.grant(t, "d2", Claim{a, 3}); len(l.Granted) != 1 {
+		t.Fatalf("d2 not granted after d1's lease surely ran out: %v", l)
+	}
+
+	g := newHAFixture(t, vip("198.51.100.10", "", "d1", 2))
+	g.grant(t, "d1", Claim{a, 2})
+	if err := g.g.Release(context.Background(), "d1", []Claim{{a, 2}}, false); err != nil {
+		t.Fatal(err)
+	}
+	g.st.setOwner("198.51.100.10", "d2")
+	if l := g.grant(t, "d2", Claim{a, 3}); len(l.Granted) != 1 {
+		t.Fatalf("d2 not granted after d1 released: %v", l)
+	}
+}

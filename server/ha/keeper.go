@@ -127,8 +127,9 @@ type Keeper struct {
 	nextRenew time.Time
 	stopped   bool
 
-	leases   atomic.Pointer[map[netip.Addr]time.Time]
-	releaseC chan releaseReq
+	leases      atomic.Pointer[map[netip.Addr]time.Time]
+	releaseC    chan releaseReq
+	reannounceC chan struct{}
 }
 
 type releaseReq struct {
@@ -144,7 +145,7 @@ func NewKeeper(cfg KeeperConfig, src AddressSource, g Granter, dp LeaseDataplane
 	}
 	k := &Keeper{cfg: cfg, src: src, g: g, dp: dp, an: an, log: log.With("component", "lease-keeper"), m: m,
 		held: make(map[netip.Addr]*held), released: make(map[netip.Addr]uint64), period: cfg.FirstRenew,
-		releaseC: make(chan releaseReq)}
+		releaseC: make(chan releaseReq), reannounceC: make(chan struct{}, 1)}
 	k.publish()
 	return k
 }
@@ -155,6 +156,13 @@ func NewKeeper(cfg KeeperConfig, src AddressSource, g Granter, dp LeaseDataplane
 func (k *Keeper) Owns(addr netip.Addr) bool {
 	d, ok := (*k.leases.Load())[addr]
 	return ok && k.cfg.Now().Before(d)
+}
+
+// Deadline returns when this director's lease on addr runs out, if it holds
+// one. Safe from any goroutine.
+func (k *Keeper) Deadline(addr netip.Addr) (time.Time, bool) {
+	d, ok := (*k.leases.Load())[addr]
+	return d, ok
 }
 
 func (k *Keeper) publish() {
@@ -183,6 +191,28 @@ func (k *Keeper) Run(ctx context.Context) error {
 		case <-t.C:
 		case r := <-k.releaseC:
 			r.done <- k.release(r.ctx)
+		case <-k.reannounceC:
+			k.burstAll(k.cfg.Now())
+		}
+	}
+}
+
+// Reannounce schedules a fresh burst of gratuitous ARP for every address
+// whose lease is valid, e.g. when a director that was cut off rejoins and
+// may have answered for them meanwhile (until its lease ran out), so hosts
+// that cached its MAC learn the owner's again. It never blocks.
+func (k *Keeper) Reannounce() {
+	select {
+	case k.reannounceC <- struct{}{}:
+	default:
+	}
+}
+
+// burstAll starts a burst for every address with a valid lease.
+func (k *Keeper) burstAll(now time.Time) {
+	for _, h := range k.held {
+		if h.valid(now) {
+			h.burst, h.nextGARP = k.cfg.GARPCount, now
 		}
 	}
 }

@@ -200,3 +200,42 @@ func TestKeeperRelease(t *testing.T) {
 		t.Fatalf("release (-want +got):\n%s", diff)
 	}
 }
+
+// TestKeeperReannounce checks that a re-announcement (a peer rejoined) sends
+// a fresh burst for addresses with a valid lease, and nothing for a lapsed one.
+func TestKeeperReannounce(t *testing.T) {
+	const a = "198.51.100.10"
+	st := newFakeState(dirs("d2"), vip(a, "", "d2", 2))
+	k, rec, clk := newTestKeeper(t, st)
+	ctx := context.Background()
+	for range 4 {
+		k.Step(ctx, clk.Advance(100*time.Millisecond))
+	}
+	rec.take()
+	k.burstAll(clk.Now())
+	k.Step(ctx, clk.Now())
+	k.Step(ctx, clk.Advance(100*time.Millisecond))
+	k.Step(ctx, clk.Advance(100*time.Millisecond))
+	garps := 0
+	for _, l := range rec.take() {
+		if l == "garp "+a {
+			garps++
+		}
+	}
+	if garps != 3 {
+		t.Fatalf("re-announcement sent %d gratuitous ARPs, want a burst of 3", garps)
+	}
+
+	rec.mu.Lock()
+	rec.down = true
+	rec.mu.Unlock()
+	k.Step(ctx, clk.Advance(2*time.Second)) // the lease lapses
+	rec.take()
+	k.burstAll(clk.Now())
+	k.Step(ctx, clk.Now())
+	for _, l := range rec.take() {
+		if l == "garp "+a {
+			t.Fatalf("re-announced %s without a valid lease", a)
+		}
+	}
+}

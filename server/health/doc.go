@@ -49,6 +49,7 @@
 // targets, connects to the VIP and has the dataplane steer those marked
 // packets to exactly this realserver by the target's method, as Seesaw does
 // with marked health-check packets; Target carries the service key and method
-// for that purpose. NAT targets are reached directly through the inside
-// network either way.
+// for that purpose (the director's does so for DR targets with policy routing
+// of marked probe sockets; see package server). NAT targets are reached
+// directly through the inside network either way.
 package health

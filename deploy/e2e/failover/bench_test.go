@@ -1,0 +1,363 @@
+package failover
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/raftlb/raftlb/deploy/lab"
+	raftlbv1 "github.com/raftlb/raftlb/proto/raftlb/v1"
+)
+
+// The benchmarks' services: a UDP DR service the outage probe runs through, and one
+// TCP DR service per scheduler for connection survival.
+const probeVIP = "198.51.100.50"
+
+var schedulerVIPs = []struct{ sched, vip string }{
+	{"mh", "198.51.100.60"}, {"sh", "198.51.100.61"}, {"rr", "198.51.100.62"},
+	{"wrr", "198.51.100.63"}, {"lc", "198.51.100.64"}, {"wlc", "198.51.100.65"},
+}
+
+func addBenchServices(l *haLab) {
+	l.declareGateway()
+	l.addService(echoService{probeVIP, "udp", "dr", "mh"})
+	for _, s := range schedulerVIPs {
+		l.addService(echoService{s.vip, "tcp", "dr", s.sched})
+	}
+}
+
+// outageTrials is how many owner failures each outage benchmark measures.
+const (
+	outageTrials       = 24
+	leaderOutageTrials = 6
+)
+
+// BenchmarkFailoverOutage measures, over repeated SIGKILLs of the VIP's owner, the
+// time from the kill until the first packet of a probe stream (one UDP datagram every
+// 10 ms through the VIP, echoed by the realserver) sent after the kill is delivered
+// through the new owner. "owner" kills an owner that is not the Raft leader (the usual
+// case: with the witness or the other director leading, a lost owner's VIP moves about
+// one lease after its last renewal); "owner-and-leader" kills a director that owns the
+// VIP and leads, so a new leader must be elected first and then wait out a full lease
+// from its election. Reported: p50-ms, max-ms and trials.
+func BenchmarkFailoverOutage(b *testing.B) {
+	l := upLab(b, "rlbfb-", addBenchServices) // the probe is UDP: it checks itself
+	l.waitOwners("d1", probeVIP)
+	p := l.startProbe(probeVIP)
+	p.waitFlowing(b)
+	b.Run("owner", func(b *testing.B) {
+		var outages []time.Duration
+		for range outageTrials {
+			owner, leader := l.ownerAndLeader(probeVIP)
+			if owner == leader {
+				other := map[string]string{"d1": "d2", "d2": "d1"}[owner]
+				l.mustCLI("vip", "move", probeVIP, "--to", other)
+				l.waitOwners(other, probeVIP)
+				owner = other
+			}
+			outages = append(outages, l.killAndMeasure(b, p, owner))
+		}
+		reportOutages(b, outages)
+	})
+	b.Run("owner-and-leader", func(b *testing.B) {
+		var outages []time.Duration
+		for range leaderOutageTrials {
+			leader := l.directorLeader(b)
+			if owner, _ := l.ownerAndLeader(probeVIP); owner != leader {
+				l.mustCLI("vip", "move", probeVIP, "--to", leader)
+				l.waitOwners(leader, probeVIP)
+			}
+			outages = append(outages, l.killAndMeasure(b, p, leader))
+		}
+		reportOutages(b, outages)
+	})
+}
+
+func reportOutages(b *testing.B, ds []time.Duration) {
+	slices.Sort(ds)
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+	b.ReportMetric(ms(ds[len(ds)/2]), "p50-ms")
+	b.ReportMetric(ms(ds[len(ds)-1]), "max-ms")
+	b.ReportMetric(float64(len(ds)), "trials")
+	b.Logf("outages: %v", ds)
+}
+
+// ownerAndLeader returns the probe VIP's owner and the Raft leader, as the witness
+// sees them.
+func (l *haLab) ownerAndLeader(vip string) (string, string) {
+	l.tb.Helper()
+	var st raftlbv1.GetStatusResponse
+	eventually(l.tb, 10*time.Second, "read status", func() error { return l.getJSON("w1", &st, "status") })
+	owner := ""
+	for _, a := range st.GetAddresses() {
+		if a.GetAddress() == vip {
+			owner = a.GetOwner()
+		}
+	}
+	return owner, st.GetLeaderId()
+}
+
+// directorLeader makes a full director the Raft leader (killing and restarting the
+// witness while it leads) and returns its id.
+func (l *haLab) directorLeader(tb testing.TB) string {
+	tb.Helper()
+	for range 10 {
+		_, leader := l.ownerAndLeader(probeVIP)
+		if leader == "d1" || leader == "d2" {
+			return leader
+		}
+		l.signal("w1", syscall.SIGKILL)
+		l.waitGone("w1")
+		var st raftlbv1.GetStatusResponse
+		eventually(tb, 20*time.Second, "a director leads", func() error {
+			if err := l.getJSON("d1", &st, "status"); err != nil {
+				return err
+			}
+			if st.GetLeaderId() == "" || st.GetLeaderId() == "w1" {
+				return fmt.Errorf("leader %q", st.GetLeaderId())
+			}
+			return nil
+		})
+		l.restart("w1")
+	}
+	tb.Fatal("the witness kept winning the elections")
+	return ""
+}
+
+// killAndMeasure kills director id, the probe VIP's owner, measures the outage the
+// probe sees, restarts it and waits until it is a ready standby again.
+func (l *haLab) killAndMeasure(tb testing.TB, p *probe, id string) time.Duration {
+	tb.Helper()
+	p.waitFlowing(tb)
+	killed := time.Now()
+	l.signal(id, syscall.SIGKILL)
+	outage := p.waitNewOwner(tb, killed)
+	l.waitGone(id)
+	l.restart(id)
+	eventually(tb, 20*time.Second, id+" installs the probe's flow", func() error {
+		cs, err := l.connections(id, probeVIP)
+		if err != nil {
+			return err
+		}
+		for _, c := range cs {
+			if c.GetClientPort() == uint32(p.localPort()) {
+				return nil
+			}
+		}
+		return fmt.Errorf("no entry for the probe from port %d", p.localPort())
+	})
+	return outage
+}
+
+// probe sends a numbered, timestamped UDP datagram every 10 ms to a VIP's echo port
+// and records when each echo came back.
+type probe struct {
+	conn net.Conn
+	mu   sync.Mutex
+	sent []time.Time // by sequence number
+	got  []time.Time // zero until echoed
+}
+
+const probeInterval = 10 * time.Millisecond
+
+func (l *haLab) startProbe(vip string) *probe {
+	l.tb.Helper()
+	ctx, cancel := context.WithTimeout(l.ctx, 5*time.Second)
+	defer cancel()
+	addr := netip.AddrPortFrom(netip.MustParseAddr(vip), lab.BackendEchoPort).String()
+	conn, err := l.DialContext("client")(ctx, "udp4", addr)
+	if err != nil {
+		l.tb.Fatalf("dial %s: %v", addr, err)
+	}
+	p := &probe{conn: conn}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() { p.send(stop) })
+	wg.Go(p.receive)
+	l.tb.Cleanup(func() {
+		close(stop)
+		conn.Close()
+		wg.Wait()
+	})
+	return p
+}
+
+func (p *probe) localPort() int { return p.conn.LocalAddr().(*net.UDPAddr).Port }
+
+func (p *probe) send(stop <-chan struct{}) {
+	t := time.NewTicker(probeInterval)
+	defer t.Stop()
+	buf := make([]byte, 8)
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		p.mu.Lock()
+		seq := len(p.sent)
+		p.sent = append(p.sent, time.Now())
+		p.got = append(p.got, time.Time{})
+		p.mu.Unlock()
+		binary.BigEndian.PutUint64(buf, uint64(seq))
+		_, _ = p.conn.Write(buf) // a failed send is a lost probe, which is what is measured
+	}
+}
+
+func (p *probe) receive() {
+	buf := make([]byte, 64)
+	for {
+		n, err := p.conn.Read(buf)
+		if errors.Is(err, net.ErrClosed) {
+			return
+		}
+		if err != nil {
+			continue // e.g. an ICMP error queued on the socket: the probe just goes on
+		}
+		if n < 8 {
+			continue
+		}
+		now := time.Now()
+		seq := int(binary.BigEndian.Uint64(buf))
+		p.mu.Lock()
+		if seq < len(p.got) && p.got[seq].IsZero() {
+			p.got[seq] = now
+		}
+		p.mu.Unlock()
+	}
+}
+
+// waitFlowing waits until probes are being echoed.
+func (p *probe) waitFlowing(tb testing.TB) {
+	tb.Helper()
+	since := time.Now()
+	eventually(tb, 20*time.Second, "probes are echoed", func() error {
+		if _, ok := p.firstDeliveredAfter(since); !ok {
+			return fmt.Errorf("no echo of a probe sent since %s", since.Format("15:04:05.000"))
+		}
+		return nil
+	})
+}
+
+// firstDeliveredAfter returns the send time of the first probe sent after t that was
+// echoed.
+func (p *probe) firstDeliveredAfter(t time.Time) (time.Time, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for i, s := range p.sent {
+		if s.After(t) && !p.got[i].IsZero() {
+			return s, true
+		}
+	}
+	return time.Time{}, false
+}
+
+// waitNewOwner waits until probes flow again after the failure at t and returns how
+// long after t the first probe delivered through the new owner was sent. A killed
+// director's programs keep forwarding until the kernel has torn the process down
+// (tens of milliseconds), so the first probe through the new owner is the first one
+// delivered after the longest silence following t.
+func (p *probe) waitNewOwner(tb testing.TB, t time.Time) time.Duration {
+	tb.Helper()
+	var first time.Time
+	eventually(tb, 20*time.Second, "probes flow again after the failure", func() error {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		var prev, after time.Time
+		var longest time.Duration
+		delivered := 0
+		for i, s := range p.sent {
+			if p.got[i].IsZero() {
+				continue
+			}
+			if !s.Before(t) {
+				if gap := s.Sub(prev); !prev.IsZero() && gap > longest {
+					longest, after = gap, s
+				}
+				delivered++
+			}
+			prev = s
+		}
+		// Flowing again: a second's worth of probes delivered since the silence.
+		if after.IsZero() || time.Since(after) < time.Second || delivered < 50 {
+			return fmt.Errorf("%d probes delivered since the failure", delivered)
+		}
+		first = after
+		return nil
+	})
+	return first.Sub(t)
+}
+
+// BenchmarkConnectionSurvival opens TCP connections through a DR service per
+// scheduler, kills the owner and checks which still carry data through the new owner.
+// "old" connections were replicated to the standby before the kill (older than one
+// sync batch); "young" ones were opened right before it. Reported per scheduler:
+// old-survived-% and young-survived-% over three kills of 10 + 10 connections each.
+func BenchmarkConnectionSurvival(b *testing.B) {
+	vips := make([]string, len(schedulerVIPs))
+	for i, s := range schedulerVIPs {
+		vips[i] = s.vip
+	}
+	l := upLab(b, "rlbfs-", addBenchServices, vips...)
+	type tally struct{ old, oldOK, young, youngOK int }
+	res := make(map[string]*tally)
+	for _, s := range schedulerVIPs {
+		res[s.vip] = &tally{}
+	}
+	for range 3 {
+		owner, _ := l.ownerAndLeader(schedulerVIPs[0].vip)
+		standby := map[string]string{"d1": "d2", "d2": "d1"}[owner]
+		old := l.startStreams(10, vips...)
+		progressed(b, old, 3, 10*time.Second)
+		l.waitReplicated(standby, old)
+		young := l.startStreams(10, vips...)
+		l.signal(owner, syscall.SIGKILL)
+		l.waitGone(owner)
+		l.waitOwners(standby, vips...)
+		// Every surviving connection completes round trips again within this.
+		deadline := time.Now().Add(15 * time.Second)
+		for _, set := range []struct {
+			streams []*echoStream
+			young   bool
+		}{{old, false}, {young, true}} {
+			for _, s := range set.streams {
+				base := s.n.Load()
+				for s.failed() == nil && s.n.Load() < base+3 && time.Now().Before(deadline) {
+					time.Sleep(20 * time.Millisecond) // poll interval under a deadline
+				}
+				ok := s.failed() == nil && s.n.Load() >= base+3
+				t := res[s.vip]
+				if set.young {
+					t.young++
+					if ok {
+						t.youngOK++
+					}
+				} else {
+					t.old++
+					if ok {
+						t.oldOK++
+					}
+				}
+			}
+		}
+		for _, s := range append(old, young...) {
+			s.finish()
+		}
+		l.restart(owner)
+	}
+	for _, s := range schedulerVIPs {
+		t := res[s.vip]
+		b.Run(s.sched, func(b *testing.B) {
+			b.ReportMetric(100*float64(t.oldOK)/float64(t.old), "old-survived-%")
+			b.ReportMetric(100*float64(t.youngOK)/float64(t.young), "young-survived-%")
+		})
+	}
+}
