@@ -11,7 +11,9 @@ BUF         := $(GO) run github.com/bufbuild/buf/cmd/buf@v1.75.0
 # Packages that need root, namespaces or BPF: tested without -race, which slows them
 # past their timing assumptions and adds nothing to code that mostly waits on the kernel.
 PRIVILEGED_RE := /(deploy/lab|deploy/e2e|dataplane|agent|cmd/raftlb)(/|$$)
-TEST_FLAGS    ?= -p 2 -timeout 20m
+# -count=1: the e2e packages build the raftlb binary in TestMain, which the test cache
+# cannot see, so a cached pass could hide a change to the binary.
+TEST_FLAGS    ?= -p 2 -count=1 -timeout 20m
 BENCH_COUNT   ?= 6
 
 .PHONY: all build generate lint-proto check-generated check-bpf fmt-check vet test test-go bench demo lab-down clean
