@@ -130,6 +130,11 @@ func (d *Dataplane) Apply(s State) error {
 	if d.closed {
 		return ErrClosed
 	}
+	// Services leave before their addresses do, so that a freed lease
+	// slot handed to another address never gates a stale service.
+	if err := d.removeServices(s.Services); err != nil {
+		return err
+	}
 	if err := d.applyOwned(s); err != nil {
 		return err
 	}
@@ -163,7 +168,11 @@ func (d *Dataplane) applyOwned(s State) error {
 		if err := d.index.del(ownedIndexKey(a)); err != nil {
 			return fmt.Errorf("delete owned address %s: %w", a, err)
 		}
-		if err := d.objs.Leases.Put(o.leaseIdx, uint64(0)); err != nil {
+		d.leaseMu.Lock()
+		delete(d.leaseIdx, a)
+		err := d.objs.Leases.Put(o.leaseIdx, uint64(0))
+		d.leaseMu.Unlock()
+		if err != nil {
 			return fmt.Errorf("clear lease of %s: %w", a, err)
 		}
 		d.st.leaseIDs.put(o.leaseIdx)
@@ -180,7 +189,14 @@ func (d *Dataplane) applyOwned(s State) error {
 				return fmt.Errorf("add owned address %s: more than %d: %w", a, maxOwned, ErrInvalid)
 			}
 			o.leaseIdx = idx
-			if err := d.objs.Leases.Put(idx, d.leases[a]); err != nil {
+			d.leaseMu.Lock()
+			err := d.objs.Leases.Put(idx, d.leases[a])
+			if err == nil {
+				d.leaseIdx[a] = idx
+			}
+			d.leaseMu.Unlock()
+			if err != nil {
+				d.st.leaseIDs.put(idx)
 				return fmt.Errorf("write lease of %s: %w", a, err)
 			}
 		}
@@ -193,7 +209,7 @@ func (d *Dataplane) applyOwned(s State) error {
 	return nil
 }
 
-func (d *Dataplane) applyServices(svcs []Service) error {
+func (d *Dataplane) removeServices(svcs []Service) error {
 	want := make(map[ServiceKey]bool, len(svcs))
 	for _, s := range svcs {
 		want[s.ServiceKey] = true
@@ -205,6 +221,10 @@ func (d *Dataplane) applyServices(svcs []Service) error {
 			}
 		}
 	}
+	return nil
+}
+
+func (d *Dataplane) applyServices(svcs []Service) error {
 	var hops []netip.Addr
 	for _, s := range svcs {
 		for _, r := range s.Realservers {
@@ -314,7 +334,25 @@ func (d *Dataplane) applyService(s Service, macs map[netip.Addr]net.HardwareAddr
 	if err != nil {
 		return fmt.Errorf("apply service %s: %w", k, err)
 	}
+	timeouts := s.Timeouts.withDefaults()
+	w := directorSvc{
+		Id:        si.id,
+		LeaseIdx:  d.st.owned[k.VIP].leaseIdx,
+		Sched:     uint8(s.Scheduler),
+		TableLen:  uint32(len(table)),
+		PersistNs: uint64(s.Persistence),
+		RefreshNs: uint64(d.refreshInterval(timeouts)),
+	}
+	wk := svcKeyToWire(k)
+	w.Key.Addr, w.Key.Port, w.Key.Proto = wk.Addr, wk.Port, wk.Proto
 	if fresh || !slices.Equal(table, si.table) {
+		// The used length never exceeds the installed table: a shorter
+		// length goes in before the swap, a longer one after it.
+		if !fresh && len(table) < len(si.table) {
+			if err := d.objs.Services.Put(si.id, w); err != nil {
+				return fmt.Errorf("write service %s: %w", k, err)
+			}
+		}
 		if err := d.writeTable(si.id, table); err != nil {
 			return fmt.Errorf("apply service %s: %w", k, err)
 		}
@@ -322,18 +360,7 @@ func (d *Dataplane) applyService(s Service, macs map[netip.Addr]net.HardwareAddr
 	si.table = table
 	si.svc = s
 	si.svc.Realservers = slices.Clone(s.Realservers)
-	si.timeouts = s.Timeouts.withDefaults()
-	lease := d.st.owned[k.VIP]
-	w := directorSvc{
-		Id:        si.id,
-		LeaseIdx:  lease.leaseIdx,
-		Sched:     uint8(s.Scheduler),
-		TableLen:  uint32(len(table)),
-		PersistNs: uint64(s.Persistence),
-		RefreshNs: uint64(d.refreshInterval(si.timeouts)),
-	}
-	wk := svcKeyToWire(k)
-	w.Key.Addr, w.Key.Port, w.Key.Proto = wk.Addr, wk.Port, wk.Proto
+	si.timeouts = timeouts
 	if err := d.objs.Services.Put(si.id, w); err != nil {
 		return fmt.Errorf("write service %s: %w", k, err)
 	}
@@ -485,14 +512,14 @@ func (d *Dataplane) SetLease(addr netip.Addr, deadline time.Time) error {
 		return fmt.Errorf("set lease of %s: %w", addr, ErrInvalid)
 	}
 	ns := d.clk.mono(deadline)
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.closed {
+	d.leaseMu.Lock()
+	defer d.leaseMu.Unlock()
+	if d.leaseClosed {
 		return ErrClosed
 	}
 	d.leases[addr] = ns
-	if o, ok := d.st.owned[addr]; ok {
-		if err := d.objs.Leases.Put(o.leaseIdx, ns); err != nil {
+	if idx, ok := d.leaseIdx[addr]; ok {
+		if err := d.objs.Leases.Put(idx, ns); err != nil {
 			return fmt.Errorf("write lease of %s: %w", addr, err)
 		}
 	}

@@ -278,31 +278,288 @@ func TestPersistence(t *testing.T) {
 
 // A full table does not stop forwarding; the loss is counted.
 func TestTablesFull(t *testing.T) {
-	d := newTestDataplane(t, Config{ConnTableSize: 8, RingBufferSize: 4096})
+	t.Run("dr", func(t *testing.T) {
+		d := newTestDataplane(t, Config{ConnTableSize: 8, RingBufferSize: 4096})
+		mustApply(t, d, State{Services: []Service{service(MH, reals(DR, 80, 3))}})
+		grantLease(t, d, vip)
+		for p := range uint16(200) {
+			if v, _ := run(t, d.objs.XdpFront, tcpFrame(client, 10000+p, vip, 80, pkt.SYN, nil)); v != xdpTX {
+				t.Fatalf("port %d: verdict %d, want tx", p, v)
+			}
+		}
+		st, err := d.Stats()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Reasons[ReasonConnTableFull] != 192 {
+			t.Errorf("conn_table_full %d, want 192", st.Reasons[ReasonConnTableFull])
+		}
+		// 8 events fit easily; fill the ring with state changes.
+		for range 100 {
+			for p := range uint16(8) {
+				run(t, d.objs.XdpFront, tcpFrame(client, 10000+p, vip, 80, pkt.ACK, nil))
+				run(t, d.objs.XdpFront, tcpFrame(client, 10000+p, vip, 80, pkt.SYN, nil))
+				run(t, d.objs.XdpFront, tcpFrame(client, 10000+p, vip, 80, pkt.RST, nil))
+			}
+		}
+		if st, _ := d.Stats(); st.Reasons[ReasonEventLost] == 0 {
+			t.Error("no event loss counted with a full ring")
+		}
+	})
+
+	// An unrecorded flow of a NAT service still gets its replies, and its
+	// reverse entry expires by itself.
+	t.Run("nat", func(t *testing.T) {
+		d := newTestDataplane(t, Config{ConnTableSize: 8})
+		nat := service(MH, reals(NAT, 8080, 3))
+		nat.Timeouts.TCPSynRecv = 100 * time.Millisecond
+		dr := Service{ServiceKey: ServiceKey{VIP: vip, Port: 81, Proto: TCP}, Realservers: reals(DR, 81, 3)}
+		mustApply(t, d, State{Services: []Service{nat, dr}, Gateways: []netip.Addr{gateway}})
+		grantLease(t, d, vip, gateway)
+		for p := range uint16(8) {
+			run(t, d.objs.XdpFront, tcpFrame(client, 10000+p, vip, 81, pkt.SYN, nil))
+		}
+		in := tcpFrame(client, 40000, vip, 80, pkt.SYN, nil)
+		if v, _ := run(t, d.objs.XdpFront, in); v != xdpPass {
+			t.Fatalf("xdp verdict %d, want pass", v)
+		}
+		v, out := run(t, d.objs.TcFront, in)
+		if v != tcRedirect {
+			t.Fatalf("tc front verdict %d, want redirect", v)
+		}
+		if got := counter(t, d, ReasonConnTableFull); got != 2 {
+			t.Errorf("conn_table_full %d, want 2 (XDP and TC)", got)
+		}
+		rs, _ := netip.AddrFromSlice(out[30:34])
+		reply := pkt.Ether(insideMAC, rsMAC(1), pkt.EtherIPv4,
+			pkt.IPv4{Src: rs, Dst: client, Proto: pkt.ProtoTCP}.Packet(
+				pkt.TCP{SrcPort: 8080, DstPort: 40000, Flags: pkt.SYN | pkt.ACK}.Segment(rs, client)))
+		v, out = run(t, d.objs.TcInside, reply)
+		if v != tcRedirect {
+			t.Fatalf("reply of an unrecorded connection: verdict %d, want redirect", v)
+		}
+		if src, _ := netip.AddrFromSlice(out[26:30]); src != vip || be16At(out, 34) != 80 {
+			t.Errorf("reply leaves from %s:%d, want %s:80", src, be16At(out, 34), vip)
+		}
+		if n := len(rnatEntries(t, d)); n != 1 {
+			t.Fatalf("%d reverse entries, want 1", n)
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for len(rnatEntries(t, d)) > 0 {
+			if time.Now().After(deadline) {
+				t.Fatal("orphan reverse entry never expired")
+			}
+			if _, err := d.sweep(); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(20 * time.Millisecond) // polling the timeout, not settling
+		}
+	})
+
+	// Schedulers that do not hash keep an unrecorded flow on one
+	// realserver: every one of its packets is scheduled afresh.
+	for _, sched := range []Scheduler{RR, WRR, LC, WLC} {
+		t.Run(sched.String(), func(t *testing.T) {
+			d := newTestDataplane(t, Config{ConnTableSize: 8})
+			mustApply(t, d, State{Services: []Service{service(sched, reals(DR, 80, 3))}})
+			grantLease(t, d, vip)
+			for p := range uint16(8) {
+				run(t, d.objs.XdpFront, tcpFrame(client, 10000+p, vip, 80, pkt.SYN, nil))
+			}
+			for p := uint16(20000); p < 20010; p++ {
+				first := 0
+				for i, flags := range []uint8{pkt.SYN, pkt.ACK, pkt.ACK, pkt.ACK | pkt.PSH, pkt.FIN | pkt.ACK} {
+					v, out := run(t, d.objs.XdpFront, tcpFrame(client, p, vip, 80, flags, nil))
+					if v != xdpTX {
+						t.Fatalf("port %d packet %d: verdict %d", p, i, v)
+					}
+					if i == 0 {
+						first = rsOf(out)
+					} else if rsOf(out) != first {
+						t.Fatalf("port %d packet %d: went to rs%d, flow began on rs%d", p, i, rsOf(out), first)
+					}
+				}
+			}
+		})
+	}
+}
+
+func rnatEntries(t *testing.T, d *Dataplane) map[directorRnatKey]directorRnat {
+	t.Helper()
+	out := make(map[directorRnatKey]directorRnat)
+	var (
+		k directorRnatKey
+		v directorRnat
+	)
+	it := d.objs.Rnat.Iterate()
+	for it.Next(&k, &v) {
+		out[k] = v
+	}
+	if err := it.Err(); err != nil {
+		t.Fatalf("read reverse NAT table: %v", err)
+	}
+	return out
+}
+
+// A connection first seen mid-stream (a standby that just took over) is
+// forwarded to the realserver Maglev gives it, starts in SYN_RECV and is
+// promoted by its next packet: a stray ACK does not hold an entry for the
+// established timeout.
+func TestMidstreamStart(t *testing.T) {
+	d := newTestDataplane(t, Config{})
 	mustApply(t, d, State{Services: []Service{service(MH, reals(DR, 80, 3))}})
 	grantLease(t, d, vip)
-	for p := range uint16(200) {
-		if v, _ := run(t, d.objs.XdpFront, tcpFrame(client, 10000+p, vip, 80, pkt.SYN, nil)); v != xdpTX {
-			t.Fatalf("port %d: verdict %d, want tx", p, v)
+	key := ConnKey{Proto: TCP, Client: netip.AddrPortFrom(client, 40000), VIP: netip.AddrPortFrom(vip, 80)}
+	si := d.st.svcs[key.service()]
+	want := d.st.realByIdx[si.table[mhSlot(connKeyToWire(key), uint32(len(si.table)))]].rs.Addr
+	for i, st := range []ConnState{StateSynRecv, StateEstablished, StateEstablished} {
+		v, out := run(t, d.objs.XdpFront, tcpFrame(client, 40000, vip, 80, pkt.ACK, nil))
+		if v != xdpTX || rsFront(rsOf(out)) != want {
+			t.Fatalf("packet %d: verdict %d to rs%d, want tx to %s", i, v, rsOf(out), want)
 		}
+		c, ok := connByKey(t, d, key)
+		if !ok || c.State != st {
+			t.Errorf("packet %d: state %s (present %v), want %s", i, c.State, ok, st)
+		}
+	}
+}
+
+// A table slot naming another service's realserver (a table swap in
+// progress, or an unwritten slot reading as index 0) sends nothing there.
+func TestStaleTableSlot(t *testing.T) {
+	for _, sched := range []Scheduler{RR, LC} {
+		t.Run(sched.String(), func(t *testing.T) {
+			d := newTestDataplane(t, Config{})
+			a := service(sched, reals(DR, 80, 2))
+			b := Service{ServiceKey: ServiceKey{VIP: vip, Port: 81, Proto: TCP}, Realservers: []Realserver{{Addr: rsFront(3), Port: 81, Weight: 1, Method: DR}}}
+			mustApply(t, d, State{Services: []Service{a, b}})
+			grantLease(t, d, vip)
+			other := d.st.reals[RealKey{b.ServiceKey, netip.AddrPortFrom(rsFront(3), 81)}].idx
+			si := d.st.svcs[a.ServiceKey]
+			for slot := range si.table {
+				if err := d.st.tables[si.id].Put(uint32(slot), other); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for p := uint16(1000); p < 1010; p++ {
+				if v, out := run(t, d.objs.XdpFront, tcpFrame(client, p, vip, 80, pkt.SYN, nil)); v == xdpTX && rsOf(out) == 3 {
+					t.Fatalf("port %d: new connection went to another service's realserver", p)
+				}
+			}
+		})
+	}
+}
+
+// A realserver slot reused by another realserver starts its active count
+// from zero; the old occupant's connections leaving do not move it.
+func TestActiveCountSlotReuse(t *testing.T) {
+	d := newTestDataplane(t, Config{})
+	mustApply(t, d, State{Services: []Service{service(LC, reals(DR, 80, 1))}})
+	grantLease(t, d, vip)
+	run(t, d.objs.XdpFront, tcpFrame(client, 40000, vip, 80, pkt.SYN, nil))
+	rs2 := []Realserver{{Addr: rsFront(2), Port: 80, Weight: 1, Method: DR}}
+	mustApply(t, d, State{Services: []Service{service(LC, rs2)}})
+	old := ConnKey{Proto: TCP, Client: netip.AddrPortFrom(client, 40000), VIP: netip.AddrPortFrom(vip, 80)}
+	if err := d.DeleteConnections([]ConnKey{old}); err != nil {
+		t.Fatal(err)
+	}
+	if v, out := run(t, d.objs.XdpFront, tcpFrame(client, 40001, vip, 80, pkt.SYN, nil)); v != xdpTX || rsOf(out) != 2 {
+		t.Fatalf("verdict %d to rs%d, want tx to rs2", v, rsOf(out))
 	}
 	st, err := d.Stats()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Reasons[ReasonConnTableFull] != 192 {
-		t.Errorf("conn_table_full %d, want 192", st.Reasons[ReasonConnTableFull])
+	k := RealKey{service(LC, nil).ServiceKey, netip.AddrPortFrom(rsFront(2), 80)}
+	if got := st.Active[k]; got != 1 {
+		t.Errorf("rs2 active %d, want 1", got)
 	}
-	// 8 events of 48 bytes fit easily; fill the ring with state changes.
-	for range 100 {
-		for p := range uint16(8) {
-			run(t, d.objs.XdpFront, tcpFrame(client, 10000+p, vip, 80, pkt.ACK, nil))
-			run(t, d.objs.XdpFront, tcpFrame(client, 10000+p, vip, 80, pkt.SYN, nil))
-			run(t, d.objs.XdpFront, tcpFrame(client, 10000+p, vip, 80, pkt.RST, nil))
+}
+
+// A NAT connection moved to another realserver leaves no reverse entry
+// behind, whether the packet path or InstallConnections moves it.
+func TestReverseNATFollowsConnection(t *testing.T) {
+	d := newTestDataplane(t, Config{})
+	rs := reals(NAT, 8080, 2)
+	mustApply(t, d, State{Services: []Service{service(MH, rs)}, Gateways: []netip.Addr{gateway}})
+	grantLease(t, d, vip, gateway)
+	key := ConnKey{Proto: TCP, Client: netip.AddrPortFrom(client, 40000), VIP: netip.AddrPortFrom(vip, 80)}
+	only := func(step string, want netip.Addr) {
+		t.Helper()
+		es := rnatEntries(t, d)
+		if len(es) != 1 {
+			t.Fatalf("%s: %d reverse entries, want 1", step, len(es))
+		}
+		for k := range es {
+			if got := addrFrom32(k.Saddr); got != want {
+				t.Errorf("%s: reverse entry for %s, want %s", step, got, want)
+			}
 		}
 	}
-	if st, _ := d.Stats(); st.Reasons[ReasonEventLost] == 0 {
-		t.Error("no event loss counted with a full ring")
+	run(t, d.objs.TcFront, tcpFrame(client, 40000, vip, 80, pkt.SYN, nil))
+	c, ok := connByKey(t, d, key)
+	if !ok {
+		t.Fatal("no connection")
+	}
+	only("new", c.Real.Addr())
+	keep := rs[0]
+	if keep.Addr == c.Real.Addr() {
+		keep = rs[1]
+	}
+	mustApply(t, d, State{Services: []Service{service(MH, []Realserver{keep})}, Gateways: []netip.Addr{gateway}})
+	run(t, d.objs.TcFront, tcpFrame(client, 40000, vip, 80, pkt.ACK, nil))
+	only("rescheduled", keep.Addr)
+
+	mustApply(t, d, State{Services: []Service{service(MH, rs)}, Gateways: []netip.Addr{gateway}})
+	moved := Conn{Key: key, Real: c.Real, Method: NAT, State: StateEstablished, LastSeen: time.Now().Add(time.Second)}
+	if err := d.InstallConnections([]Conn{moved}); err != nil {
+		t.Fatal(err)
+	}
+	only("installed", c.Real.Addr())
+}
+
+// Lease renewals never wait behind whoever holds the dataplane's main
+// lock (Apply, a long sweep).
+func TestSetLeaseIndependentOfMainLock(t *testing.T) {
+	d := newTestDataplane(t, Config{})
+	mustApply(t, d, State{Services: []Service{service(MH, reals(DR, 80, 1))}})
+	d.mu.Lock()
+	done := make(chan error, 1)
+	go func() { done <- d.SetLease(vip, time.Now().Add(time.Hour)) }()
+	select {
+	case err := <-done:
+		d.mu.Unlock()
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(2 * time.Second):
+		d.mu.Unlock()
+		<-done
+		t.Fatal("SetLease waited for the main lock")
+	}
+	if v, _ := run(t, d.objs.XdpFront, tcpFrame(client, 40000, vip, 80, pkt.SYN, nil)); v != xdpTX {
+		t.Errorf("verdict %d after the renewal, want tx", v)
+	}
+}
+
+// A removed VIP's services are gone before its lease slot can go to
+// another address, even when Apply fails halfway.
+func TestApplyRemovesServicesBeforeLeases(t *testing.T) {
+	d := newTestDataplane(t, Config{})
+	mustApply(t, d, State{Services: []Service{service(MH, reals(DR, 80, 1))}})
+	grantLease(t, d, vip)
+	var many []netip.Addr
+	for _, p := range []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24"), netip.MustParsePrefix("192.0.2.0/24"), netip.MustParsePrefix("198.51.100.128/25")} {
+		for a := p.Addr(); p.Contains(a); a = a.Next() {
+			many = append(many, a)
+		}
+	}
+	grantLease(t, d, many...)
+	if err := d.Apply(State{VIPs: many}); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("apply %d owned addresses: %v, want ErrInvalid", len(many), err)
+	}
+	if v, _ := run(t, d.objs.XdpFront, tcpFrame(client, 40000, vip, 80, pkt.SYN, nil)); v == xdpTX {
+		t.Error("a removed VIP's service forwards under another address's lease")
 	}
 }
 

@@ -85,9 +85,7 @@ func (d *Dataplane) InstallConnections(conns []Conn) error {
 			SvcId:      si.id,
 		}
 		v.EventNs = v.LastSeenNs
-		if ri.rs.Method == NAT {
-			v.Flags |= connFlagNAT
-		}
+		v.Flags = connFlagsOf(ri.rs.Method)
 		var old directorConn
 		err := d.objs.Conns.Lookup(k, &old)
 		switch {
@@ -99,16 +97,24 @@ func (d *Dataplane) InstallConnections(conns []Conn) error {
 		if err := d.objs.Conns.Put(k, v); err != nil {
 			return fmt.Errorf("install connection %s: %w", c.Key, err)
 		}
+		replaced := err == nil
+		// The replaced entry's reverse entry would outlive it.
+		if replaced && old.Flags&connFlagNAT != 0 && rnatKeyFor(k, old) != rnatKeyFor(k, v) {
+			if err := d.objs.Rnat.Delete(rnatKeyFor(k, old)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				return fmt.Errorf("replace reverse NAT of %s: %w", c.Key, err)
+			}
+		}
 		if v.Flags&connFlagNAT != 0 {
-			if err := d.objs.Rnat.Put(rnatKeyFor(k, v), directorRnat{Vip: k.Daddr, Vport: k.Dport}); err != nil {
+			rv := directorRnat{Vip: k.Daddr, Vport: k.Dport, LastSeenNs: v.LastSeenNs}
+			if err := d.objs.Rnat.Put(rnatKeyFor(k, v), rv); err != nil {
 				return fmt.Errorf("install reverse NAT of %s: %w", c.Key, err)
 			}
 		}
 		switch {
-		case err != nil: // a new entry
+		case !replaced:
 			d.adjustActive(v.RsIdx, +1)
-		case old.RsIdx != v.RsIdx:
-			d.adjustActive(old.RsIdx, -1)
+		case old.RsIdx != v.RsIdx || !d.counts(old):
+			d.adjustOwn(old, -1)
 			d.adjustActive(v.RsIdx, +1)
 		}
 	}
@@ -116,6 +122,24 @@ func (d *Dataplane) InstallConnections(conns []Conn) error {
 		return fmt.Errorf("install connections: %d of %d skipped: %w", skipped, len(conns), ErrUnknownRealserver)
 	}
 	return nil
+}
+
+// counts reports whether v is counted in its realserver slot's active
+// count: a slot reused by another realserver started again from zero.
+func (d *Dataplane) counts(v directorConn) bool {
+	ri := d.st.realByIdx[v.RsIdx]
+	if ri == nil || be32(ri.rs.Addr) != v.RsAddr || be16(ri.rs.Port) != v.RsPort {
+		return false
+	}
+	si := d.st.svcs[ri.key.Service]
+	return si != nil && si.id == v.SvcId
+}
+
+// adjustOwn moves the active count of v's realserver, if v counts there.
+func (d *Dataplane) adjustOwn(v directorConn, delta int64) {
+	if d.counts(v) {
+		d.adjustActive(v.RsIdx, delta)
+	}
 }
 
 // adjustActive moves a realserver's active-connection count by the
@@ -163,7 +187,7 @@ func (d *Dataplane) deleteConn(k directorConnKey, v directorConn) error {
 			return fmt.Errorf("delete reverse NAT entry: %w", err)
 		}
 	}
-	d.adjustActive(v.RsIdx, -1)
+	d.adjustOwn(v, -1)
 	return nil
 }
 
@@ -199,33 +223,84 @@ func (d *Dataplane) Flush(vip *netip.Addr) error {
 	})
 }
 
-// sweep deletes expired connections and returns their close events.
+// sweepChunk bounds the entries the sweeper deletes under one hold of
+// d.mu: a mass expiry costs several syscalls per entry, and Apply, Stats
+// and the other callers must not wait behind all of them.
+const sweepChunk = 256
+
+// sweep deletes expired connections and returns their close events, then
+// expires persistence entries and reverse-NAT entries left without a
+// connection.
 func (d *Dataplane) sweep() ([]Event, error) {
+	now := uint64(MonotonicNow())
+	doomed, total, err := d.sweepScan(now)
+	if err != nil {
+		return nil, err
+	}
+	var evs []Event
+	for len(doomed) > 0 {
+		n := min(len(doomed), sweepChunk)
+		closed, err := d.sweepDelete(doomed[:n])
+		evs = append(evs, closed...)
+		total -= len(closed)
+		if err != nil {
+			return evs, err
+		}
+		doomed = doomed[n:]
+	}
+	if err := d.sweepPersistExpired(now, total); err != nil {
+		return evs, err
+	}
+	return evs, d.sweepRnat(now)
+}
+
+func (d *Dataplane) sweepPersistExpired(now uint64, conns int) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
-		return nil, ErrClosed
+		return ErrClosed
 	}
-	now := uint64(MonotonicNow())
-	type kv struct {
-		k directorConnKey
-		v directorConn
+	d.st.conns = conns
+	return d.sweepPersist(func(k directorPersistKey, p directorPersist) bool {
+		si := d.st.byID[k.SvcId]
+		return si == nil || si.svc.Persistence == 0 || now > p.LastSeenNs && time.Duration(now-p.LastSeenNs) > si.svc.Persistence
+	})
+}
+
+type connKV struct {
+	k directorConnKey
+	v directorConn
+}
+
+// sweepScan lists the expired connections and counts the table.
+func (d *Dataplane) sweepScan(now uint64) ([]connKV, int, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil, 0, ErrClosed
 	}
-	var doomed []kv
+	var doomed []connKV
 	total := 0
 	err := d.walkConns(func(k directorConnKey, v directorConn) {
 		total++
 		si := d.st.byID[v.SvcId]
 		if si == nil || si.svc.ServiceKey != connKeyFromWire(k).service() {
-			doomed = append(doomed, kv{k, v}) // its service is gone
+			doomed = append(doomed, connKV{k, v}) // its service is gone
 			return
 		}
 		if now > v.LastSeenNs && time.Duration(now-v.LastSeenNs) > si.timeouts.forState(ConnState(v.State)) {
-			doomed = append(doomed, kv{k, v})
+			doomed = append(doomed, connKV{k, v})
 		}
 	})
-	if err != nil {
-		return nil, err
+	return doomed, total, err
+}
+
+// sweepDelete deletes one chunk of expired connections under d.mu.
+func (d *Dataplane) sweepDelete(doomed []connKV) ([]Event, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil, ErrClosed
 	}
 	var evs []Event
 	for _, e := range doomed {
@@ -237,16 +312,102 @@ func (d *Dataplane) sweep() ([]Event, error) {
 		if err := d.deleteConn(e.k, cur); err != nil {
 			return evs, err
 		}
-		total--
-		c := d.connFromWire(e.k, cur)
-		evs = append(evs, Event{Type: EventClose, Conn: c})
+		evs = append(evs, Event{Type: EventClose, Conn: d.connFromWire(e.k, cur)})
 	}
-	d.st.conns = total
-	err = d.sweepPersist(func(k directorPersistKey, p directorPersist) bool {
-		si := d.st.byID[k.SvcId]
-		return si == nil || si.svc.Persistence == 0 || now > p.LastSeenNs && time.Duration(now-p.LastSeenNs) > si.svc.Persistence
-	})
-	return evs, err
+	return evs, nil
+}
+
+// sweepRnat removes reverse-NAT entries that outlived their service, or
+// that have no connection and saw no packet for the service's SYN_RECV
+// (TCP) or UDP timeout. Such entries come from connections that did not
+// fit a full table: their replies are translated from the reverse entry
+// alone, and each forwarded packet refreshes it. An entry whose
+// connection lives is left to deleteConn.
+func (d *Dataplane) sweepRnat(now uint64) error {
+	idle, err := d.scanRnat(now)
+	if err != nil {
+		return err
+	}
+	for len(idle) > 0 {
+		n := min(len(idle), sweepChunk)
+		if err := d.expireRnat(now, idle[:n]); err != nil {
+			return err
+		}
+		idle = idle[n:]
+	}
+	return nil
+}
+
+type rnatKV struct {
+	k directorRnatKey
+	v directorRnat
+}
+
+// scanRnat lists the reverse-NAT entries idle past their timeout.
+func (d *Dataplane) scanRnat(now uint64) ([]rnatKV, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil, ErrClosed
+	}
+	keys := make([]directorRnatKey, batch)
+	vals := make([]directorRnat, batch)
+	var idle []rnatKV
+	var cursor ebpf.MapBatchCursor
+	for {
+		n, err := d.objs.Rnat.BatchLookup(&cursor, keys, vals, nil)
+		for i := range n {
+			k, v := keys[i], vals[i]
+			si := d.st.svcs[ServiceKey{VIP: addrFrom32(v.Vip), Port: port16(v.Vport), Proto: Proto(k.Proto)}]
+			timeout := time.Duration(0)
+			if si != nil {
+				timeout = si.timeouts.TCPSynRecv
+				if Proto(k.Proto) == UDP {
+					timeout = si.timeouts.UDP
+				}
+			}
+			if now > v.LastSeenNs && time.Duration(now-v.LastSeenNs) > timeout {
+				idle = append(idle, rnatKV{k, v})
+			}
+		}
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return idle, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read reverse NAT table: %w", err)
+		}
+	}
+}
+
+// expireRnat deletes one chunk of idle reverse-NAT entries that have no
+// connection, under d.mu.
+func (d *Dataplane) expireRnat(now uint64, idle []rnatKV) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return ErrClosed
+	}
+	for _, e := range idle {
+		ck := directorConnKey{Saddr: e.k.Daddr, Daddr: e.v.Vip, Sport: e.k.Dport, Dport: e.v.Vport, Proto: e.k.Proto}
+		var c directorConn
+		if err := d.objs.Conns.Lookup(ck, &c); err == nil && c.Flags&connFlagNAT != 0 && rnatKeyFor(ck, c) == e.k {
+			// Replies are idle, the connection is not: look again
+			// after another timeout rather than every sweep.
+			e.v.LastSeenNs = now
+			if err := d.objs.Rnat.Update(e.k, e.v, ebpf.UpdateExist); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				return fmt.Errorf("refresh reverse NAT entry: %w", err)
+			}
+			continue
+		}
+		var cur directorRnat
+		if err := d.objs.Rnat.Lookup(e.k, &cur); err != nil || cur.LastSeenNs != e.v.LastSeenNs {
+			continue // gone, or a packet used it since the walk
+		}
+		if err := d.objs.Rnat.Delete(e.k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("delete reverse NAT entry: %w", err)
+		}
+	}
+	return nil
 }
 
 func (d *Dataplane) sweepPersist(doomed func(directorPersistKey, directorPersist) bool) error {

@@ -170,7 +170,14 @@ type Dataplane struct {
 	mu     sync.Mutex
 	closed bool
 	st     applied
-	leases map[netip.Addr]uint64 // desired deadlines, CLOCK_MONOTONIC ns
+
+	// leaseMu guards what SetLease needs, apart from mu: a renewal must
+	// never wait behind Apply or a sweep, or a healthy owner could let
+	// its lease run out. Lock order: mu, then leaseMu.
+	leaseMu     sync.Mutex
+	leaseClosed bool
+	leases      map[netip.Addr]uint64 // desired deadlines, CLOCK_MONOTONIC ns
+	leaseIdx    map[netip.Addr]uint32 // lease slots of owned addresses (st.owned's)
 }
 
 // Open loads the programs, attaches them to the configured interfaces and
@@ -253,14 +260,15 @@ func load(cfg Config, neigh neighbours, front, inside iface) (*Dataplane, error)
 	tables := spec.Maps["svc_tables"]
 	tables.InnerMap.MaxEntries = uint32(cfg.TableSize)
 	d := &Dataplane{
-		cfg:    cfg,
-		log:    cfg.Logger.With("component", "dataplane"),
-		inner:  tables.InnerMap.Copy(),
-		neigh:  neigh,
-		front:  front,
-		inside: inside,
-		leases: make(map[netip.Addr]uint64),
-		st:     newApplied(),
+		cfg:      cfg,
+		log:      cfg.Logger.With("component", "dataplane"),
+		inner:    tables.InnerMap.Copy(),
+		neigh:    neigh,
+		front:    front,
+		inside:   inside,
+		leases:   make(map[netip.Addr]uint64),
+		leaseIdx: make(map[netip.Addr]uint32),
+		st:       newApplied(),
 	}
 	if err := spec.LoadAndAssign(&d.objs, nil); err != nil {
 		var ve *ebpf.VerifierError
@@ -373,6 +381,10 @@ func (d *Dataplane) Close() error {
 		return nil
 	}
 	d.closed = true
+	// No lease write may reach a map being closed.
+	d.leaseMu.Lock()
+	defer d.leaseMu.Unlock()
+	d.leaseClosed = true
 	var errs []error
 	for _, l := range d.links {
 		if err := l.Close(); err != nil {

@@ -20,46 +20,62 @@ const (
 // ingress (clsact + cls_bpf, direct action), for realservers whose kernel
 // has no ipip module. The filter outlives the process, so a restarted
 // agent causes no gap; calling it again replaces the filter in place.
-func InstallDecap(iface string) error {
+// createdQdisc reports whether this call added the clsact qdisc (rather than
+// finding one): only then is it the caller's to remove with RemoveDecap.
+func InstallDecap(iface string) (createdQdisc bool, err error) {
 	l, err := netlink.LinkByName(iface)
 	if err != nil {
-		return fmt.Errorf("look up interface %s: %w", iface, err)
+		return false, fmt.Errorf("look up interface %s: %w", iface, err)
 	}
 	q := clsact(l)
-	if err := netlink.QdiscAdd(q); err != nil && !errors.Is(err, unix.EEXIST) {
-		return fmt.Errorf("add clsact to %s: %w", iface, err)
+	switch err := netlink.QdiscAdd(q); {
+	case err == nil:
+		createdQdisc = true
+	case !errors.Is(err, unix.EEXIST):
+		return false, fmt.Errorf("add clsact to %s: %w", iface, err)
 	}
 	var objs decapObjects
 	if err := loadDecapObjects(&objs, nil); err != nil {
-		return fmt.Errorf("load decap program: %w", err)
+		return createdQdisc, fmt.Errorf("load decap program: %w", err)
 	}
 	// The filter holds its own reference to the program.
 	defer objs.Close()
 	f := decapFilter(l)
 	f.Fd = objs.TcDecap.FD()
 	if err := netlink.FilterReplace(f); err != nil {
-		return fmt.Errorf("attach decap filter to %s: %w", iface, err)
+		return createdQdisc, fmt.Errorf("attach decap filter to %s: %w", iface, err)
 	}
-	return nil
+	return createdQdisc, nil
 }
 
-// RemoveDecap removes the filter InstallDecap added, and the clsact qdisc
-// when nothing else uses it. Removing what is not there is not an error.
-func RemoveDecap(iface string) error {
+// RemoveDecap removes the filter InstallDecap added and, if removeQdisc (the
+// caller created the clsact qdisc) and no other filter uses it, the qdisc.
+// A qdisc someone else created stays. Removing what is not there is not an
+// error.
+func RemoveDecap(iface string, removeQdisc bool) error {
 	l, err := netlink.LinkByName(iface)
 	if err != nil {
 		return fmt.Errorf("look up interface %s: %w", iface, err)
 	}
 	installed, err := DecapInstalled(iface)
-	if err != nil || !installed {
+	if err != nil {
 		return err
 	}
-	if err := netlink.FilterDel(decapFilter(l)); err != nil && !errors.Is(err, unix.ENOENT) {
-		return fmt.Errorf("remove decap filter from %s: %w", iface, err)
+	if installed {
+		if err := netlink.FilterDel(decapFilter(l)); err != nil && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("remove decap filter from %s: %w", iface, err)
+		}
 	}
+	if !removeQdisc {
+		return nil
+	}
+	// The caller's qdisc goes even if someone removed the filter before.
 	var others int
 	for _, parent := range []uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_MIN_EGRESS} {
 		fs, err := netlink.FilterList(l, parent)
+		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {
+			return nil // no clsact qdisc left
+		}
 		if err != nil {
 			return fmt.Errorf("list filters of %s: %w", iface, err)
 		}

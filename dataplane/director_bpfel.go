@@ -72,6 +72,9 @@ type directorEvent struct {
 	Type   uint8
 	State  uint8
 	SvcId  uint32
+	Flags  uint8
+	Pad    [3]uint8
+	_      [4]byte
 }
 
 type directorIdxBucket struct {
@@ -109,10 +112,11 @@ type directorReal struct {
 }
 
 type directorRnat struct {
-	_     structs.HostLayout
-	Vip   uint32
-	Vport uint16
-	Pad   uint16
+	_          structs.HostLayout
+	Vip        uint32
+	Vport      uint16
+	Pad        uint16
+	LastSeenNs uint64
 }
 
 type directorRnatKey struct {

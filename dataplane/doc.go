@@ -5,7 +5,8 @@
 //
 // It owns:
 //   - XDP on the front interface: ARP and ICMP echo for owned addresses
-//     (VIPs), DR (MAC rewrite, XDP_TX) and TUN (IPv4-in-IPv4, XDP_TX);
+//     (VIPs), DR (MAC rewrite, XDP_TX) and TUN (IPv4-in-IPv4, XDP_TX; the
+//     outer header always carries DF, as Linux ipip with pmtudisc);
 //     ICMP errors about a VIP connection go to its realserver.
 //   - XDP on the inside interface: ARP and ICMP echo for the NAT gateway.
 //   - TC (tcx ingress) on both: NAT in both directions with checksum
@@ -36,13 +37,25 @@
 // Connections: an entry maps the client 5-tuple to a realserver; its state
 // follows the client's TCP flags as in LVS (SYN_RECV, ESTABLISHED,
 // FIN_WAIT, CLOSE after an RST; UDP), with per-service idle timeouts
-// (IPVS defaults). Run's sweeper removes idle entries and reports each as
-// EventClose; the programs report new entries, state changes and periodic
-// refreshes of live ones. A connection keeps its realserver while that
-// realserver is configured (drained, weight 0 or unhealthy included); when
-// its realserver is removed, its next packet is scheduled afresh. When the
-// table or the ring is full, packets are still forwarded by the scheduler
-// (Maglev agrees across directors) and the loss is counted.
+// (IPVS defaults). A connection first seen mid-stream (a standby that
+// just took over) is forwarded to the realserver its scheduler picks
+// (Maglev: the same one the old owner used) and starts in SYN_RECV; its
+// next packet promotes it, so a stray ACK never holds an entry for the
+// established timeout. Run's sweeper removes idle entries and reports
+// each as EventClose, deleting in chunks so that other calls never wait
+// behind a mass expiry (SetLease has a lock of its own and never waits
+// behind any); the programs report new entries, state changes and
+// periodic refreshes of live ones, from either direction of a NAT flow.
+// A connection keeps its realserver while that realserver is configured
+// (drained, weight 0 or unhealthy included); when its realserver is
+// removed, its next packet is scheduled afresh. When the table or the
+// ring is full, packets are still forwarded and the loss is counted: mh
+// and sh agree across directors, and rr, wrr, lc and wlc fall back to a
+// flow hash over their table so that an unrecorded flow stays on one
+// realserver. NAT replies are translated from the reverse-NAT entry
+// alone, which is written even when the connection did not fit; the
+// sweeper expires such an entry after the service's SYN_RECV (TCP) or UDP
+// timeout without a packet.
 //
 // Sysctls: Open sets, for the front and inside interfaces,
 //   - net.ipv4.conf.<iface>.forwarding=0: what the programs pass up is

@@ -91,7 +91,7 @@ func setupE2E(t *testing.T) *e2e {
 		// NAT replies leave through the gateway the director answers for.
 		lab.IP(rs, "rule", "add", "from", fmt.Sprintf("203.0.113.1%d", i), "table", "100")
 		lab.IP(rs, "route", "add", "default", "via", "203.0.113.254", "dev", "eth1", "table", "100")
-		if err := lab.Do(rs, func() error { return InstallDecap("eth0") }); err != nil {
+		if err := lab.Do(rs, func() error { _, err := InstallDecap("eth0"); return err }); err != nil {
 			t.Fatalf("install decap: %v", err)
 		}
 		// Switch ports towards realservers compute checksums in software,

@@ -70,6 +70,8 @@ func (d *Dataplane) Owned() map[netip.Addr]bool {
 	defer d.mu.Unlock()
 	now := uint64(MonotonicNow())
 	out := make(map[netip.Addr]bool, len(d.st.owned))
+	d.leaseMu.Lock()
+	defer d.leaseMu.Unlock()
 	for a := range d.st.owned {
 		out[a] = d.leases[a] > now
 	}

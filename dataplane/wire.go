@@ -72,12 +72,28 @@ func rnatKeyFor(k directorConnKey, c directorConn) directorRnatKey {
 }
 
 // Connection flags, mirroring CONN_F_* in bpf/lb.h.
-const connFlagNAT = 0x1
+const (
+	connFlagNAT = 0x1
+	connFlagTUN = 0x2
+)
+
+func connFlagsOf(m Method) uint8 {
+	switch m {
+	case NAT:
+		return connFlagNAT
+	case TUN:
+		return connFlagTUN
+	}
+	return 0
+}
 
 func connFromWire(k directorConnKey, c directorConn, clk clock) Conn {
 	m := DR
-	if c.Flags&connFlagNAT != 0 {
+	switch {
+	case c.Flags&connFlagNAT != 0:
 		m = NAT
+	case c.Flags&connFlagTUN != 0:
+		m = TUN
 	}
 	return Conn{
 		Key:      connKeyFromWire(k),
@@ -89,7 +105,7 @@ func connFromWire(k directorConnKey, c directorConn, clk clock) Conn {
 }
 
 func eventFromWire(e directorEvent, clk clock) Event {
-	c := directorConn{LastSeenNs: e.TsNs, RsAddr: e.RsAddr, RsPort: e.RsPort, State: e.State}
+	c := directorConn{LastSeenNs: e.TsNs, RsAddr: e.RsAddr, RsPort: e.RsPort, State: e.State, Flags: e.Flags}
 	return Event{Type: EventType(e.Type), Conn: connFromWire(e.Key, c, clk)}
 }
 

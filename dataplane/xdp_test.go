@@ -1,6 +1,7 @@
 package dataplane
 
 import (
+	"context"
 	"encoding/binary"
 	"net/netip"
 	"testing"
@@ -363,5 +364,95 @@ func TestMalformed(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// The outer header always carries DF, as Linux ipip does: with ID 0 a
+// fragmentable outer packet could be reassembled with another's fragments.
+func TestTUNOuterDF(t *testing.T) {
+	d := newTestDataplane(t, Config{})
+	udp := Service{ServiceKey: ServiceKey{VIP: vip, Port: 53, Proto: UDP}, Realservers: reals(TUN, 53, 1)}
+	mustApply(t, d, State{Services: []Service{udp}})
+	grantLease(t, d, vip)
+	in := udpFrame(client, 40000, vip, 53, []byte("query")) // inner DF clear
+	for _, tc := range []struct {
+		name string
+		run  func() (uint32, []byte)
+		want uint32
+	}{
+		{"xdp", func() (uint32, []byte) { return run(t, d.objs.XdpFront, in) }, xdpTX},
+		{"tc", func() (uint32, []byte) { return run(t, d.objs.TcFront, in) }, tcRedirect},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			v, out := tc.run()
+			if v != tc.want {
+				t.Fatalf("verdict %d, want %d", v, tc.want)
+			}
+			if out[14+9] != pkt.ProtoIPIP {
+				t.Fatalf("outer protocol %d, want IPIP", out[14+9])
+			}
+			if got := be16At(out, 14+6); got != 0x4000 {
+				t.Errorf("outer flags/offset %#04x, want DF", got)
+			}
+			if err := pkt.Verify(out); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+}
+
+// Events say which method a connection uses, and a NAT flow where only
+// the realserver talks is still re-announced, so replicas keep it.
+func TestNATEvents(t *testing.T) {
+	d := newTestDataplane(t, Config{RefreshInterval: time.Millisecond})
+	mustApply(t, d, State{Services: []Service{service(MH, reals(NAT, 8080, 1))}, Gateways: []netip.Addr{gateway}})
+	grantLease(t, d, vip, gateway)
+	ctx, cancel := context.WithCancel(context.Background())
+	events := make(chan Event, 1000)
+	done := make(chan error, 1)
+	go func() {
+		done <- d.Run(ctx, func(evs []Event) {
+			for _, e := range evs {
+				events <- e
+			}
+		})
+	}()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("run: %v", err)
+		}
+	}()
+	if v, _ := run(t, d.objs.XdpFront, tcpFrame(client, 40000, vip, 80, pkt.SYN, nil)); v != xdpPass {
+		t.Fatalf("xdp verdict %d, want pass", v)
+	}
+	select {
+	case e := <-events:
+		if e.Type != EventNew || e.Conn.Method != NAT {
+			t.Errorf("first event %s with method %s, want new with nat", e.Type, e.Conn.Method)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no event for the new connection")
+	}
+	reply := pkt.Ether(insideMAC, rsMAC(1), pkt.EtherIPv4,
+		pkt.IPv4{Src: rsInside(1), Dst: client, Proto: pkt.ProtoTCP}.Packet(
+			pkt.TCP{SrcPort: 8080, DstPort: 40000, Flags: pkt.ACK}.Segment(rsInside(1), client)))
+	deadline := time.After(5 * time.Second)
+	for {
+		if v, _ := run(t, d.objs.TcInside, reply); v != tcRedirect {
+			t.Fatalf("reply verdict %d, want redirect", v)
+		}
+		select {
+		case e := <-events:
+			if e.Type == EventRefresh {
+				if e.Conn.Method != NAT {
+					t.Errorf("refresh with method %s, want nat", e.Conn.Method)
+				}
+				return
+			}
+		case <-deadline:
+			t.Fatal("replies alone never refreshed the connection")
+		case <-time.After(10 * time.Millisecond):
+		}
 	}
 }

@@ -13,6 +13,10 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
+/* BPF_F_ADJ_ROOM_DECAP_L3_IPV4 (Linux 6.3); the build's headers are older. */
+#define ADJ_ROOM_DECAP_L3_IPV4 (1ULL << 7)
+#define EINVAL 22
+
 enum { DECAP_OK = 0, DECAP_PASS = 1, DECAP_ERROR = 2, DECAP_MAX = 3 };
 
 struct {
@@ -37,6 +41,7 @@ int tc_decap(struct __sk_buff *skb)
 	void *data, *data_end;
 	struct ethhdr *eth;
 	struct iphdr *ip, *in;
+	long err;
 
 	if (skb->protocol != bpf_htons(ETH_P_IP) || skb->len < need)
 		goto pass;
@@ -52,7 +57,16 @@ int tc_decap(struct __sk_buff *skb)
 	if (ip->protocol != IPPROTO_IPIP || ip->ihl != 5 ||
 	    (ip->frag_off & bpf_htons(0x3fff)) || in->version != 4)
 		goto pass;
-	if (bpf_skb_adjust_room(skb, -(int)sizeof(struct iphdr), BPF_ADJ_ROOM_MAC, 0)) {
+	/* FIXED_GSO keeps gso_size the inner segment size (shrinking the
+	 * header must not grow the segments); DECAP_L3_IPV4 lets newer
+	 * kernels drop the tunnel's GSO state. Older kernels refuse the
+	 * second flag with EINVAL. */
+	err = bpf_skb_adjust_room(skb, -(int)sizeof(struct iphdr), BPF_ADJ_ROOM_MAC,
+				  BPF_F_ADJ_ROOM_FIXED_GSO | ADJ_ROOM_DECAP_L3_IPV4);
+	if (err == -EINVAL)
+		err = bpf_skb_adjust_room(skb, -(int)sizeof(struct iphdr), BPF_ADJ_ROOM_MAC,
+					  BPF_F_ADJ_ROOM_FIXED_GSO);
+	if (err) {
 		count(DECAP_ERROR);
 		return TC_ACT_SHOT;
 	}

@@ -87,7 +87,6 @@ static __always_inline int xdp_tun(struct xdp_md *ctx, struct real *rs, struct c
 	__u8 mac[ETH_ALEN];
 	__be32 daddr = rs->addr;
 	__u16 inner_len;
-	__be16 df;
 	__u8 tos;
 
 	if (mac_zero(rs->mac)) {
@@ -99,7 +98,6 @@ static __always_inline int xdp_tun(struct xdp_md *ctx, struct real *rs, struct c
 		return XDP_DROP;
 	inner_len = bpf_ntohs(inner->tot_len);
 	tos = inner->tos;
-	df = inner->frag_off & bpf_htons(IP_DF);
 
 	if (bpf_xdp_adjust_head(ctx, -(int)sizeof(struct iphdr))) {
 		count(R_DROP_ERROR);
@@ -120,8 +118,11 @@ static __always_inline int xdp_tun(struct xdp_md *ctx, struct real *rs, struct c
 	outer->ihl = 5;
 	outer->tos = tos;
 	outer->tot_len = bpf_htons(inner_len + sizeof(struct iphdr));
+	/* DF always, as Linux ipip with pmtudisc: with ID 0 the outer packet
+	 * must never be fragmented, or fragments of different datagrams
+	 * could be reassembled together. */
 	outer->id = 0;
-	outer->frag_off = df;
+	outer->frag_off = bpf_htons(IP_DF);
 	outer->ttl = 64;
 	outer->protocol = IPPROTO_IPIP;
 	outer->check = 0;
@@ -488,7 +489,7 @@ static __always_inline int tc_forward(struct __sk_buff *skb, struct real *rs, st
 		outer.tos = in->tos;
 		/* GSO segmentation rewrites it per segment anyway. */
 		outer.tot_len = bpf_htons(len > 0xffff ? 0xffff : len);
-		outer.frag_off = in->frag_off & bpf_htons(IP_DF);
+		outer.frag_off = bpf_htons(IP_DF); /* as in xdp_tun */
 		outer.ttl = 64;
 		outer.protocol = IPPROTO_IPIP;
 		outer.saddr = c->front_addr;
@@ -581,6 +582,7 @@ int tc_inside(struct __sk_buff *skb)
 	struct conn *cn;
 	struct rnat *rv;
 	struct svc *s;
+	__u32 rs_idx = MAX_REALS; /* no realserver counters without a connection */
 	__be32 vip;
 	__be16 vport;
 	__u64 now;
@@ -622,24 +624,32 @@ int tc_inside(struct __sk_buff *skb)
 		count(R_DROP_NO_LEASE);
 		return TC_ACT_SHOT;
 	}
+	/* A store per tick at most: the clock moves in ticks. */
+	if (rv->last_seen_ns != now)
+		rv->last_seen_ns = now;
 	ck.saddr = p.f.key.daddr;
 	ck.daddr = vip;
 	ck.sport = p.f.key.dport;
 	ck.dport = vport;
 	ck.proto = p.f.key.proto;
+	/* The reverse entry alone is enough to translate: a connection that
+	 * did not fit a full table still gets its replies. */
 	cn = bpf_map_lookup_elem(&conns, &ck);
-	if (!cn) {
-		/* Expired: the sweeper removes the reverse entry next. */
-		count(R_TC_DROP_NAT_NO_CONN);
-		return TC_ACT_SHOT;
+	if (cn) {
+		rs_idx = cn->rs_idx;
+		cn->last_seen_ns = now;
+		if (p.f.rst && cn->state != ST_CLOSE) {
+			cn->state = ST_CLOSE;
+			cn->event_ns = now;
+			emit(EV_STATE, &ck, cn, now, c);
+		} else if (now - cn->event_ns >= s->refresh_ns) {
+			/* Flows where only the realserver talks stay alive on
+			 * the replicas too. */
+			cn->event_ns = now;
+			emit(EV_REFRESH, &ck, cn, now, c);
+		}
 	}
-	cn->last_seen_ns = now;
-	if (p.f.rst && cn->state != ST_CLOSE) {
-		cn->state = ST_CLOSE;
-		cn->event_ns = now;
-		emit(EV_STATE, &ck, cn, now, c);
-	}
-	account(s->id, cn->rs_idx, p.f.len);
+	account(s->id, rs_idx, p.f.len);
 	if (tc_rewrite(skb, &p, IP_SRC_OFF, p.f.key.saddr, vip,
 		       L4_OFF + offsetof(struct tcphdr, source), p.f.key.sport, vport)) {
 		count(R_DROP_ERROR);

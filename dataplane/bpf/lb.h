@@ -57,6 +57,9 @@ struct icmphdr {
 #define IP_OFFSET 0x1fff
 #define IP_DF 0x4000
 
+/* From asm-generic/errno-base.h; helpers return negated errnos. */
+#define EEXIST 17
+
 enum sched {
 	SCHED_MH = 0,
 	SCHED_SH = 1,
@@ -80,8 +83,9 @@ enum method {
 #define OWN_FRONT 0x1
 #define OWN_INSIDE 0x2
 
-/* conn.flags */
+/* conn.flags and event.flags */
 #define CONN_F_NAT 0x1
+#define CONN_F_TUN 0x2
 
 enum conn_state {
 	ST_NONE = 0,
@@ -235,6 +239,9 @@ struct rnat {
 	__be32 vip;
 	__be16 vport;
 	__u16 pad;
+	/* Last packet either way; lets Go expire an entry whose connection
+	 * never made it into a full table. */
+	__u64 last_seen_ns;
 };
 
 struct persist_key {
@@ -260,6 +267,8 @@ struct event {
 	__u8 type;
 	__u8 state;
 	__u32 svc_id;
+	__u8 flags; /* CONN_F_* */
+	__u8 pad[3];
 };
 
 /* Keeps struct event in BTF so bpf2go emits its Go twin. */
@@ -546,11 +555,18 @@ static __always_inline __u8 tcp_next_state(__u8 st, struct flow *f)
 	return st;
 }
 
+/* A connection first seen mid-stream (e.g. by a standby that just took
+ * over) starts in SYN_RECV, with its short timeout, and is promoted by its
+ * next packet: a stray or spoofed ACK cannot hold an entry for the
+ * established timeout. */
 static __always_inline __u8 initial_state(struct flow *f)
 {
+	__u8 st;
+
 	if (f->key.proto == IPPROTO_UDP)
 		return ST_UDP;
-	return tcp_next_state(ST_NONE, f);
+	st = tcp_next_state(ST_NONE, f);
+	return st == ST_ESTABLISHED ? ST_SYN_RECV : st;
 }
 
 /* Written in place: no stack copy for the ring to copy again. */
@@ -573,6 +589,7 @@ static __always_inline void emit(__u8 type, struct conn_key *key, struct conn *c
 	ev->type = type;
 	ev->state = c->state;
 	ev->svc_id = c->svc_id;
+	ev->flags = c->flags;
 	/* Only the record that crosses the mark wakes: a wakeup is an
 	 * interrupt, and a lagging reader needs one, not one per event. */
 	avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
@@ -603,6 +620,7 @@ struct lc_ctx {
 	void *tbl;
 	__u32 len;
 	__u32 wlc;
+	__u32 svc_id;
 	__s64 best;
 	__u64 best_n;
 	__u64 best_w;
@@ -622,7 +640,8 @@ static long lc_step(__u32 i, void *arg)
 		return 1;
 	ri = *idx;
 	rs = bpf_map_lookup_elem(&reals, &ri);
-	if (!rs || !rs->weight)
+	/* A slot may briefly name a realserver that left during a table swap. */
+	if (!rs_eligible(rs, lc->svc_id) || !rs->weight)
 		return 0;
 	n = rs_active(ri);
 	w = lc->wlc ? rs->weight : 1;
@@ -635,8 +654,10 @@ static long lc_step(__u32 i, void *arg)
 	return 0;
 }
 
-/* Pick a realserver index for a new connection; -1 when none is eligible. */
-static __always_inline __s64 schedule(struct svc *s, struct flow *f)
+/* Pick a realserver index for a new connection; -1 when none is eligible.
+ * by_flow makes rr, wrr, lc and wlc pick by flow hash over their table, so
+ * that a flow the table cannot record stays on one realserver. */
+static __always_inline __s64 schedule(struct svc *s, struct flow *f, int by_flow)
 {
 	void *tbl;
 	__u32 slot, *idx;
@@ -648,7 +669,7 @@ static __always_inline __s64 schedule(struct svc *s, struct flow *f)
 	if (!tbl)
 		return -1;
 
-	switch (s->sched) {
+	switch (by_flow ? SCHED_MH : s->sched) {
 	case SCHED_MH:
 		slot = flow_hash(f->key.saddr, ((__u32)f->key.sport << 16) | f->key.dport) % len;
 		break;
@@ -666,7 +687,9 @@ static __always_inline __s64 schedule(struct svc *s, struct flow *f)
 	}
 	case SCHED_LC:
 	case SCHED_WLC: {
-		struct lc_ctx lc = { .tbl = tbl, .len = len, .wlc = s->sched == SCHED_WLC, .best = -1 };
+		struct lc_ctx lc = {
+			.tbl = tbl, .len = len, .wlc = s->sched == SCHED_WLC, .svc_id = s->id, .best = -1,
+		};
 
 		/* bpf_loop keeps the verifier to one pass over the body. */
 		bpf_loop(MAX_LC_CANDIDATES, lc_step, &lc, 0);
@@ -681,6 +704,44 @@ static __always_inline __s64 schedule(struct svc *s, struct flow *f)
 	return *idx;
 }
 
+/* A known connection's packet: its realserver, with state, timestamp and
+ * events brought up to date; NULL when that realserver was removed. */
+static __always_inline struct real *conn_hit(struct svc *s, struct flow *f, struct conn *c,
+					     __u64 now, __u32 *rs_idx, struct config *cfg)
+{
+	__u32 idx = c->rs_idx;
+	struct real *rs = bpf_map_lookup_elem(&reals, &idx);
+	__u8 st;
+
+	if (!rs || !(rs->flags & RS_VALID) || rs->addr != c->rs_addr || rs->port != c->rs_port ||
+	    rs->svc_id != s->id)
+		return NULL;
+	st = c->state;
+	if (f->key.proto == IPPROTO_TCP)
+		st = tcp_next_state(st, f);
+	c->last_seen_ns = now;
+	if (st != c->state) {
+		c->state = st;
+		c->event_ns = now;
+		emit(EV_STATE, &f->key, c, now, cfg);
+	} else if (now - c->event_ns >= s->refresh_ns) {
+		c->event_ns = now;
+		emit(EV_REFRESH, &f->key, c, now, cfg);
+	}
+	*rs_idx = idx;
+	return rs;
+}
+
+static __always_inline void rnat_key_of(struct rnat_key *rk, struct flow *f, __be32 rs_addr,
+					__be16 rs_port)
+{
+	rk->saddr = rs_addr;
+	rk->daddr = f->key.saddr;
+	rk->sport = rs_port;
+	rk->dport = f->key.sport;
+	rk->proto = f->key.proto;
+}
+
 /*
  * Find the connection's realserver, or schedule and record a new one.
  * Returns NULL when nothing may take the packet. A connection whose
@@ -693,30 +754,23 @@ static __always_inline struct real *conn_select(struct svc *s, struct flow *f, _
 	struct conn nc = {};
 	struct real *rs;
 	__s64 pick = -1;
+	int persisted = 0;
 	__u32 idx;
+	long err;
 
 	if (c) {
-		idx = c->rs_idx;
-		rs = bpf_map_lookup_elem(&reals, &idx);
-		if (rs && (rs->flags & RS_VALID) && rs->addr == c->rs_addr &&
-		    rs->port == c->rs_port && rs->svc_id == s->id) {
-			__u8 st = c->state;
-
-			if (f->key.proto == IPPROTO_TCP)
-				st = tcp_next_state(st, f);
-			c->last_seen_ns = now;
-			if (st != c->state) {
-				c->state = st;
-				c->event_ns = now;
-				emit(EV_STATE, &f->key, c, now, cfg);
-			} else if (now - c->event_ns >= s->refresh_ns) {
-				c->event_ns = now;
-				emit(EV_REFRESH, &f->key, c, now, cfg);
-			}
-			*rs_idx = idx;
+		rs = conn_hit(s, f, c, now, rs_idx, cfg);
+		if (rs)
 			return rs;
-		}
 		count(R_CONN_RESCHEDULED);
+		/* The old reverse entry would outlive it: nothing else removes it. */
+		if (c->flags & CONN_F_NAT) {
+			struct rnat_key rk = {};
+
+			rnat_key_of(&rk, f, c->rs_addr, c->rs_port);
+			bpf_map_delete_elem(&rnat, &rk);
+		}
+		bpf_map_delete_elem(&conns, &f->key);
 	}
 
 	if (s->persist_ns) {
@@ -726,18 +780,62 @@ static __always_inline struct real *conn_select(struct svc *s, struct flow *f, _
 		if (p && now - p->last_seen_ns < s->persist_ns) {
 			idx = p->rs_idx;
 			rs = bpf_map_lookup_elem(&reals, &idx);
-			if (rs_eligible(rs, s->id) && rs->addr == p->rs_addr && rs->port == p->rs_port)
+			if (rs_eligible(rs, s->id) && rs->addr == p->rs_addr && rs->port == p->rs_port) {
 				pick = idx;
+				persisted = 1;
+			}
 		}
 	}
 	if (pick < 0)
-		pick = schedule(s, f);
+		pick = schedule(s, f, 0);
 	if (pick < 0)
 		return NULL;
 	idx = (__u32)pick;
 	rs = bpf_map_lookup_elem(&reals, &idx);
-	if (!rs || !(rs->flags & RS_VALID))
+	/* A stale table length or slot may name another service's realserver. */
+	if (!rs_eligible(rs, s->id))
 		return NULL;
+
+	nc.last_seen_ns = now;
+	nc.event_ns = now;
+	nc.rs_idx = idx;
+	nc.rs_addr = rs->addr;
+	nc.rs_port = rs->port;
+	nc.state = initial_state(f);
+	nc.flags = rs->method == METHOD_NAT ? CONN_F_NAT : rs->method == METHOD_TUN ? CONN_F_TUN : 0;
+	nc.svc_id = s->id;
+	/* NOEXIST: two CPUs opening the same flow must agree on one entry
+	 * and count it once. */
+	err = bpf_map_update_elem(&conns, &f->key, &nc, BPF_NOEXIST);
+	if (err == -EEXIST) {
+		c = bpf_map_lookup_elem(&conns, &f->key);
+		if (c) {
+			struct real *won = conn_hit(s, f, c, now, rs_idx, cfg);
+
+			if (won)
+				return won;
+		}
+	} else if (err) {
+		/* Forward anyway: mh/sh give every director the same answer,
+		 * and the others pick by flow hash so that this unrecorded flow
+		 * keeps its realserver from packet to packet. */
+		count(R_CONN_TABLE_FULL);
+		if (!persisted && s->sched >= SCHED_RR) {
+			pick = schedule(s, f, 1);
+			if (pick < 0)
+				return NULL;
+			idx = (__u32)pick;
+			rs = bpf_map_lookup_elem(&reals, &idx);
+			if (!rs_eligible(rs, s->id))
+				return NULL;
+		}
+	} else {
+		__s64 *o = bpf_map_lookup_elem(&rs_opened, &idx);
+
+		if (o)
+			__sync_fetch_and_add(o, 1);
+		emit(EV_NEW, &f->key, &nc, now, cfg);
+	}
 
 	if (s->persist_ns) {
 		struct persist_key pk = { .svc_id = s->id, .client = f->key.saddr };
@@ -750,35 +848,13 @@ static __always_inline struct real *conn_select(struct svc *s, struct flow *f, _
 
 		bpf_map_update_elem(&persist, &pk, &pv, BPF_ANY);
 	}
-
-	nc.last_seen_ns = now;
-	nc.event_ns = now;
-	nc.rs_idx = idx;
-	nc.rs_addr = rs->addr;
-	nc.rs_port = rs->port;
-	nc.state = initial_state(f);
-	nc.flags = rs->method == METHOD_NAT ? CONN_F_NAT : 0;
-	nc.svc_id = s->id;
-	if (bpf_map_update_elem(&conns, &f->key, &nc, BPF_ANY)) {
-		/* Forward anyway: mh/sh give every director the same answer. */
-		count(R_CONN_TABLE_FULL);
-	} else {
-		__s64 *o = bpf_map_lookup_elem(&rs_opened, &idx);
-
-		if (o)
-			__sync_fetch_and_add(o, 1);
-		emit(EV_NEW, &f->key, &nc, now, cfg);
-	}
 	if (rs->method == METHOD_NAT) {
-		struct rnat_key rk = {
-			.saddr = rs->addr,
-			.daddr = f->key.saddr,
-			.sport = rs->port,
-			.dport = f->key.sport,
-			.proto = f->key.proto,
-		};
-		struct rnat rv = { .vip = f->key.daddr, .vport = f->key.dport };
+		/* Written even when the connection did not fit: replies are
+		 * translated from this entry alone. */
+		struct rnat_key rk = {};
+		struct rnat rv = { .vip = f->key.daddr, .vport = f->key.dport, .last_seen_ns = now };
 
+		rnat_key_of(&rk, f, rs->addr, rs->port);
 		if (bpf_map_update_elem(&rnat, &rk, &rv, BPF_ANY))
 			count(R_RNAT_TABLE_FULL);
 	}
