@@ -26,9 +26,12 @@ type Decapper interface {
 	// Attach decapsulates on iface the packets whose outer source is one of
 	// sources (all when empty; an implementation may accept any). The
 	// reconciler calls it on every pass, so it must be cheap when already in
-	// place and must repair an attachment someone removed.
-	Attach(iface string, sources []netip.Addr) error
-	// Detach removes what Attach installed on iface; nothing installed is not
-	// an error.
-	Detach(iface string) error
+	// place and must repair an attachment someone removed. created reports
+	// whether it created something others may share (for TC, the clsact
+	// qdisc) rather than finding it: the reconciler records that, and Detach
+	// removes it only then.
+	Attach(iface string, sources []netip.Addr) (created bool, err error)
+	// Detach removes what Attach installed on iface, and what it created if
+	// created; nothing installed is not an error.
+	Detach(iface string, created bool) error
 }

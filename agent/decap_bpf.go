@@ -23,25 +23,28 @@ var _ Decapper = BPFDecapper{}
 func (BPFDecapper) Mode() string { return DecapModeBPF }
 
 // Attach installs the program on iface unless it is there already, so the
-// reconciler can call it on every pass without reloading anything.
-func (BPFDecapper) Attach(iface string, _ []netip.Addr) error {
+// reconciler can call it on every pass without reloading anything. created
+// says it added the clsact qdisc.
+func (BPFDecapper) Attach(iface string, _ []netip.Addr) (created bool, err error) {
 	ok, err := dataplane.DecapInstalled(iface)
 	if err != nil {
-		return fmt.Errorf("check decap on %s: %w", iface, err)
+		return false, fmt.Errorf("check decap on %s: %w", iface, err)
 	}
 	if ok {
-		return nil
+		return false, nil
 	}
-	if err := dataplane.InstallDecap(iface); err != nil {
-		return fmt.Errorf("install decap on %s: %w", iface, err)
+	created, err = dataplane.InstallDecap(iface)
+	if err != nil {
+		return created, fmt.Errorf("install decap on %s: %w", iface, err)
 	}
-	return nil
+	return created, nil
 }
 
-// Detach removes the program from iface; an interface that is gone has
+// Detach removes the program from iface, and the clsact qdisc if created
+// (Attach added it) and nothing else uses it; an interface that is gone has
 // nothing attached.
-func (BPFDecapper) Detach(iface string) error {
-	err := dataplane.RemoveDecap(iface)
+func (BPFDecapper) Detach(iface string, created bool) error {
+	err := dataplane.RemoveDecap(iface, created)
 	var nf netlink.LinkNotFoundError
 	if errors.As(err, &nf) {
 		return nil

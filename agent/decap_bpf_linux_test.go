@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/vishvananda/netlink"
 
 	"github.com/raftlb/raftlb/dataplane"
 )
@@ -46,7 +47,7 @@ func TestReconcileRealKernelBPFDecap(t *testing.T) {
 		t.Fatal("decap program not on eth0")
 	}
 	// Drift: someone removes the filter; the next pass puts it back.
-	if err := inNamespace(t, k.ns, func() error { return dataplane.RemoveDecap("eth0") }); err != nil {
+	if err := inNamespace(t, k.ns, func() error { return dataplane.RemoveDecap("eth0", false) }); err != nil {
 		t.Fatalf("RemoveDecap: %v", err)
 	}
 	if st := reconcileIn(r, d); st.Err != nil {
@@ -55,11 +56,54 @@ func TestReconcileRealKernelBPFDecap(t *testing.T) {
 	if !installed() {
 		t.Fatal("decap program not restored on eth0")
 	}
+	// A restarted agent knows from its record that the clsact qdisc is its own.
+	r = newTestReconciler(t, k, BPFDecapper{}, dir)
 	if st := reconcileIn(r, Desired{Generation: 2}); st.Err != nil {
 		t.Fatalf("reconcile empty: %v", st.Err)
 	}
 	if installed() {
 		t.Error("decap program still on eth0")
+	}
+	if diff := cmp.Diff(before, snapshotKernel(t, k), viewOpts); diff != "" {
+		t.Errorf("kernel (-before +after):\n%s", diff)
+	}
+}
+
+// TestBPFDecapKeepsForeignClsact: a clsact qdisc that was on the interface
+// before the agent attached its filter is someone else's and stays when the
+// filter goes.
+func TestBPFDecapKeepsForeignClsact(t *testing.T) {
+	k := newTestNS(t)
+	if err := k.AddIPIPTunnel(DefaultTunnelName); err == nil {
+		t.Skip("this kernel has ipip: the BPF fallback is not used")
+	}
+	eth0, err := k.h.LinkByName("eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	clsact := &netlink.GenericQdisc{
+		QdiscAttrs: netlink.QdiscAttrs{LinkIndex: eth0.Attrs().Index, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT},
+		QdiscType:  "clsact",
+	}
+	if err := k.h.QdiscAdd(clsact); err != nil {
+		t.Fatalf("add clsact: %v", err)
+	}
+	before := snapshotKernel(t, k)
+	r := newTestReconciler(t, k, BPFDecapper{}, t.TempDir())
+	var st Status
+	inNamespace(t, k.ns, func() error {
+		st = r.reconcile(Desired{Generation: 1, VIPs: []VIP{{vipTUN, MethodTUN}}})
+		return nil
+	})
+	if st.Err != nil || st.DecapMode != DecapModeBPF {
+		t.Fatalf("reconcile: mode %q, err %v; want bpf, nil", st.DecapMode, st.Err)
+	}
+	inNamespace(t, k.ns, func() error {
+		st = r.reconcile(Desired{Generation: 2})
+		return nil
+	})
+	if st.Err != nil {
+		t.Fatalf("reconcile empty: %v", st.Err)
 	}
 	if diff := cmp.Diff(before, snapshotKernel(t, k), viewOpts); diff != "" {
 		t.Errorf("kernel (-before +after):\n%s", diff)

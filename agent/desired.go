@@ -65,9 +65,21 @@ type Desired struct {
 	// through NATGateway.
 	NATSources []netip.Addr `json:"nat_sources,omitempty"`
 	NATGateway netip.Addr   `json:"nat_gateway,omitzero"`
+	// NATServices are the ports the NAT realservers answer on; only their
+	// replies go through NATGateway. A source with none listed (a director
+	// that predates them) has all its traffic sent through the gateway.
+	NATServices []NATService `json:"nat_services,omitempty"`
 	// TunnelSources are the outer source addresses (directors) accepted for
 	// IP-in-IP, where the decapsulation can filter on them.
 	TunnelSources []netip.Addr `json:"tunnel_sources,omitempty"`
+}
+
+// NATService is one port a NAT realserver answers on.
+type NATService struct {
+	Source netip.Addr `json:"source"`
+	// Proto is the IP protocol number, ProtoTCP or ProtoUDP.
+	Proto int    `json:"proto"`
+	Port  uint16 `json:"port"`
 }
 
 // ErrInvalidConfig marks a desired configuration the agent refuses to apply.
@@ -117,6 +129,21 @@ func DesiredFromProto(m *raftlbv1.WatchConfigResponse) (Desired, error) {
 			d.NATSources = append(d.NATSources, a)
 		}
 	}
+	for i, n := range m.GetNatServices() {
+		f := fmt.Sprintf("nat_services[%d]", i)
+		ns, err := natServiceFromProto(n)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s.%w", f, err))
+			continue
+		}
+		if !slices.Contains(d.NATSources, ns.Source) {
+			errs = append(errs, fmt.Errorf("%s.source: %s is not in nat_sources", f, ns.Source))
+			continue
+		}
+		if !slices.Contains(d.NATServices, ns) {
+			d.NATServices = append(d.NATServices, ns)
+		}
+	}
 	if g := m.GetNatGateway(); g != "" {
 		a, err := parseV4(g)
 		if err != nil {
@@ -143,20 +170,59 @@ func DesiredFromProto(m *raftlbv1.WatchConfigResponse) (Desired, error) {
 	return d, nil
 }
 
+func natServiceFromProto(n *raftlbv1.NatService) (NATService, error) {
+	a, err := parseV4(n.GetSource())
+	if err != nil {
+		return NATService{}, fmt.Errorf("source: %w", err)
+	}
+	ns := NATService{Source: a}
+	switch n.GetProtocol() {
+	case raftlbv1.Protocol_PROTOCOL_TCP:
+		ns.Proto = ProtoTCP
+	case raftlbv1.Protocol_PROTOCOL_UDP:
+		ns.Proto = ProtoUDP
+	default:
+		return NATService{}, fmt.Errorf("protocol: %s is not TCP or UDP", n.GetProtocol())
+	}
+	if p := n.GetPort(); p == 0 || p > 65535 {
+		return NATService{}, fmt.Errorf("port: %d is out of range (1-65535)", p)
+	}
+	ns.Port = uint16(n.GetPort())
+	return ns, nil
+}
+
+// parseV4 accepts the addresses the director's state machine accepts
+// (server/fsm parseUnicast): an IPv4 address that is not unspecified,
+// loopback, multicast, broadcast or link-local. A VIP of any of those would
+// be put on lo, or a route pointed at it.
 func parseV4(s string) (netip.Addr, error) {
 	a, err := netip.ParseAddr(s)
 	if err != nil {
 		return netip.Addr{}, fmt.Errorf("parse address: %w", err)
 	}
-	if !a.Is4() || a.IsUnspecified() {
-		return netip.Addr{}, fmt.Errorf("%s is not a unicast IPv4 address", a)
+	var what string
+	switch {
+	case !a.Is4():
+		what = "not an IPv4 address"
+	case a.IsUnspecified():
+		what = "the unspecified address"
+	case a.IsLoopback():
+		what = "a loopback address"
+	case a.IsMulticast():
+		what = "a multicast address"
+	case a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		what = "the broadcast address"
+	case a.IsLinkLocalUnicast():
+		what = "a link-local address"
+	default:
+		return a, nil
 	}
-	return a, nil
+	return netip.Addr{}, fmt.Errorf("%s is %s, not a unicast IPv4 address", a, what)
 }
 
 func (d Desired) equal(o Desired) bool {
 	return d.Generation == o.Generation && slices.Equal(d.VIPs, o.VIPs) && slices.Equal(d.NATSources, o.NATSources) &&
-		d.NATGateway == o.NATGateway && slices.Equal(d.TunnelSources, o.TunnelSources)
+		slices.Equal(d.NATServices, o.NATServices) && d.NATGateway == o.NATGateway && slices.Equal(d.TunnelSources, o.TunnelSources)
 }
 
 // hasMethod reports whether any VIP uses one of the methods.

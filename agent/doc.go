@@ -12,7 +12,10 @@
 //   - DR and TUN VIPs as /32 addresses on lo, as LVS does. A VIP is put on lo
 //     only once ARP is fenced, or the realserver would answer ARP for it.
 //   - arp_ignore=1 and arp_announce=2 on "all" and each facing interface
-//     (the kernel uses the larger of the two values). The value found before
+//     (the kernel uses the larger of the two values). An arp_ignore of 2 or 8
+//     already fences a VIP on lo and is kept; 0, 3 (which still answers for
+//     global addresses such as the VIPs) and the reserved 4-7 are set to 1.
+//     The value found before
 //     is restored when no DR or TUN VIP is left, unless someone changed the
 //     sysctl since the agent set it: then the value is theirs.
 //   - For TUN: rp_filter relaxed to 2 (loose) where it is strict (1) on "all",
@@ -23,9 +26,10 @@
 //     fallback tunl0. Where the kernel has no ipip (creating the link answers
 //     "not supported"), a Decapper is attached to each facing interface
 //     instead: by default BPFDecapper, dataplane's TC ingress program, which
-//     like tunl0 accepts any outer source. Status.DecapMode says which ("ipip" or "bpf"). The choice is
-//     kept across restarts.
-//   - Source policy rules "from X lookup T" at RulePriority (default 4242,
+//     like tunl0 accepts any outer source; the clsact qdisc it needs is
+//     removed with it only if the agent created it. Status.DecapMode says
+//     which ("ipip" or "bpf"). The choice is kept across restarts.
+//   - Source policy rules "from X [ipproto P sport N] lookup T" at RulePriority (default 4242,
 //     before the main table) and the routes of two tables that are the
 //     agent's (NATTable 4242 and MSSTable 4243 by default).
 //
@@ -48,10 +52,15 @@
 // # NAT
 //
 // Replies from a NAT realserver's inside address must go back through the
-// gateway address the directors own. The rule "from SOURCE lookup NATTable"
-// sends them to a table holding a default route via the gateway and the
-// gateway's on-link subnet, so on-link peers (such as directors' health
-// checks) are still answered directly. The host's other traffic is untouched.
+// gateway address the directors own. One rule per NAT service, "from SOURCE
+// ipproto P sport PORT lookup NATTable" (Linux 4.17 or later), sends them to
+// a table holding a default route via the gateway and the gateway's on-link
+// subnet, so on-link peers (such as directors' health checks) are still
+// answered directly. Only the services' replies match: the realserver's own
+// traffic from the same address (DNS, package updates, monitoring) keeps the
+// main table, since the directors forward nothing else. A director that
+// sends no nat_services (one older than the field) gets the whole-source rule
+// "from SOURCE lookup NATTable" instead, which catches that traffic too.
 //
 // # Lifecycle
 //

@@ -302,17 +302,17 @@ func newFakeDecapper() *fakeDecapper { return &fakeDecapper{attached: map[string
 
 func (d *fakeDecapper) Mode() string { return DecapModeBPF }
 
-func (d *fakeDecapper) Attach(iface string, sources []netip.Addr) error {
+func (d *fakeDecapper) Attach(iface string, sources []netip.Addr) (bool, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.fail != nil {
-		return d.fail
+		return false, d.fail
 	}
 	d.attached[iface] = slices.Clone(sources)
-	return nil
+	return false, nil
 }
 
-func (d *fakeDecapper) Detach(iface string) error {
+func (d *fakeDecapper) Detach(iface string, _ bool) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	delete(d.attached, iface)

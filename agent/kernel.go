@@ -58,15 +58,42 @@ func (r Route) String() string {
 // route per destination and table.
 func (r Route) key() string { return fmt.Sprintf("%d/%s", r.Table, r.Dst) }
 
-// Rule is an IPv4 policy routing rule "from Src lookup Table" at Priority.
+// Rule is an IPv4 policy routing rule "from Src [ipproto Proto sport Sport]
+// lookup Table" at Priority. Proto and Sport narrow it to the replies of one
+// service; zero means any.
 type Rule struct {
 	Priority int          `json:"priority"`
 	Src      netip.Prefix `json:"src"`
+	Proto    int          `json:"proto,omitempty"`
+	Sport    uint16       `json:"sport,omitempty"`
 	Table    int          `json:"table"`
 }
 
 func (r Rule) String() string {
-	return fmt.Sprintf("%d: from %s lookup %d", r.Priority, r.Src, r.Table)
+	s := fmt.Sprintf("%d: from %s", r.Priority, r.Src)
+	if r.Proto != 0 {
+		s += " ipproto " + protoName(r.Proto)
+	}
+	if r.Sport != 0 {
+		s += fmt.Sprintf(" sport %d", r.Sport)
+	}
+	return s + fmt.Sprintf(" lookup %d", r.Table)
+}
+
+// IP protocol numbers of the services a NAT realserver answers.
+const (
+	ProtoTCP = 6
+	ProtoUDP = 17
+)
+
+func protoName(p int) string {
+	switch p {
+	case ProtoTCP:
+		return "tcp"
+	case ProtoUDP:
+		return "udp"
+	}
+	return fmt.Sprint(p)
 }
 
 // Kernel is every privileged operation the agent performs. The reconciler
@@ -86,7 +113,8 @@ type Kernel interface {
 	ReplaceRoute(r Route) error
 	DelRoute(r Route) error
 
-	// Rules lists the IPv4 rules that have only a source selector.
+	// Rules lists the IPv4 rules a Rule can express: a source selector,
+	// optionally with a protocol and a single source port, and nothing else.
 	Rules() ([]Rule, error)
 	AddRule(r Rule) error
 	DelRule(r Rule) error

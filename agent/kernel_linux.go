@@ -195,16 +195,21 @@ func (k *NetlinkKernel) Rules() ([]Rule, error) {
 	}
 	var out []Rule
 	for _, r := range rs {
-		// Only plain "from SRC lookup TABLE" rules can be the agent's.
+		// Only "from SRC [ipproto P sport N] lookup TABLE" rules can be the agent's.
 		if r.Src == nil || r.Dst != nil || r.IifName != "" || r.OifName != "" || r.Mark != 0 || r.Invert ||
-			r.Tos != 0 || r.IPProto != 0 || r.Sport != nil || r.Dport != nil || r.UIDRange != nil || r.Goto > 0 || r.Table == 0 {
+			r.Tos != 0 || r.Dport != nil || r.UIDRange != nil || r.Goto > 0 || r.Table == 0 ||
+			r.Sport != nil && r.Sport.Start != r.Sport.End {
 			continue
 		}
 		p, ok := prefixFromIPNet(r.Src)
 		if !ok {
 			continue
 		}
-		out = append(out, Rule{Priority: r.Priority, Src: p, Table: r.Table})
+		rule := Rule{Priority: r.Priority, Src: p, Proto: r.IPProto, Table: r.Table}
+		if r.Sport != nil {
+			rule.Sport = r.Sport.Start
+		}
+		out = append(out, rule)
 	}
 	return out, nil
 }
@@ -215,6 +220,10 @@ func (k *NetlinkKernel) nlRule(r Rule) *netlink.Rule {
 	nr.Priority = r.Priority
 	nr.Table = r.Table
 	nr.Src = ipNet(r.Src)
+	nr.IPProto = r.Proto
+	if r.Sport != 0 {
+		nr.Sport = netlink.NewRulePortRange(r.Sport, r.Sport)
+	}
 	return nr
 }
 

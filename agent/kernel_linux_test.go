@@ -1,11 +1,13 @@
 package agent
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"runtime"
 	"slices"
 	"strings"
@@ -175,6 +177,7 @@ func TestKernelIPIPNotSupported(t *testing.T) {
 // it back from the kernel, repairs drift, survives a restart and removes it
 // all, leaving the namespace exactly as it found it.
 func TestReconcileRealKernel(t *testing.T) {
+	natRule := Rule{Priority: DefaultRulePriority, Src: vipPrefix(natSrc), Proto: ProtoTCP, Sport: 80, Table: DefaultNATTable}
 	k := newTestNS(t)
 	before := snapshotKernel(t, k)
 	dir := t.TempDir()
@@ -192,6 +195,7 @@ func TestReconcileRealKernel(t *testing.T) {
 		Generation:    1,
 		VIPs:          []VIP{{vipDR, MethodDR}, {vipTUN, MethodTUN}, {vipNAT, MethodNAT}},
 		NATSources:    []netip.Addr{natSrc},
+		NATServices:   []NATService{{natSrc, ProtoTCP, 80}},
 		NATGateway:    natGw,
 		TunnelSources: []netip.Addr{dir1},
 	}
@@ -241,11 +245,14 @@ func TestReconcileRealKernel(t *testing.T) {
 	}
 	for _, want := range []Rule{
 		{Priority: DefaultRulePriority, Src: vipPrefix(vipTUN), Table: DefaultMSSTable},
-		{Priority: DefaultRulePriority, Src: vipPrefix(natSrc), Table: DefaultNATTable},
+		natRule,
 	} {
 		if !slices.Contains(rules, want) {
 			t.Errorf("rules %v lack %s", rules, want)
 		}
+	}
+	if slices.ContainsFunc(rules, func(r Rule) bool { return r.Table == DefaultNATTable && r.Sport == 0 }) {
+		t.Errorf("rules %v send all of %s's traffic to the gateway", rules, natSrc)
 	}
 	mss, err := k.Routes(DefaultMSSTable)
 	if err != nil {
@@ -270,9 +277,25 @@ func TestReconcileRealKernel(t *testing.T) {
 		t.Errorf("table %d (-want +got):\n%s", DefaultNATTable, diff)
 	}
 	// The kernel answers route queries the way the design wants: replies from
-	// a TUN VIP get the lowered MSS, replies from the NAT source the gateway.
+	// a TUN VIP get the lowered MSS, replies of the NAT service the gateway,
+	// and the NAT source's other traffic the main table's default route.
 	assertRouteGet(t, k, vipTUN, netip.MustParseAddr("192.0.2.100"), netip.Addr{}, 1440)
-	assertRouteGet(t, k, natSrc, netip.MustParseAddr("192.0.2.100"), natGw, 0)
+	client := netip.MustParseAddr("192.0.2.100")
+	mainGw := netip.Addr{} // the client is on-link in the main table
+	assertRouteGet(t, k, natSrc, client, mainGw, 0)
+	for _, q := range []struct {
+		proto string
+		sport uint16
+		want  netip.Addr
+	}{
+		{"tcp", 80, natGw},
+		{"tcp", 40000, mainGw},
+		{"udp", 80, mainGw},
+	} {
+		if got := ipRouteGetGw(t, k, natSrc, client, q.proto, q.sport); got != q.want {
+			t.Errorf("route get %s from %s ipproto %s sport %d: via %v, want via %v", client, natSrc, q.proto, q.sport, got, q.want)
+		}
+	}
 	assertRouteGet(t, k, netip.MustParseAddr("192.0.2.11"), netip.MustParseAddr("192.0.2.100"), netip.Addr{}, 0)
 
 	applied := snapshotKernel(t, k)
@@ -284,7 +307,7 @@ func TestReconcileRealKernel(t *testing.T) {
 	if err := k.SetSysctl("net/ipv4/conf/eth0/arp_ignore", "0"); err != nil {
 		t.Fatal(err)
 	}
-	if err := k.DelRule(Rule{Priority: DefaultRulePriority, Src: vipPrefix(natSrc), Table: DefaultNATTable}); err != nil {
+	if err := k.DelRule(natRule); err != nil {
 		t.Fatal(err)
 	}
 	if err := k.DelRoute(Route{Table: DefaultMSSTable, Dst: front}); err != nil {
@@ -331,6 +354,31 @@ func TestReconcileRealKernel(t *testing.T) {
 	if diff := cmp.Diff(before, snapshotKernel(t, k), viewOpts); diff != "" {
 		t.Errorf("kernel after cleanup (-before +after):\n%s", diff)
 	}
+}
+
+// ipRouteGetGw asks the kernel, with ip(8) run in k's namespace, for the
+// gateway of a reply from src:sport to dst over proto; netlink's RouteGet has
+// no protocol or port selectors.
+func ipRouteGetGw(t *testing.T, k *NetlinkKernel, src, dst netip.Addr, proto string, sport uint16) netip.Addr {
+	t.Helper()
+	var out []byte
+	err := k.inNS(func() error {
+		var err error
+		out, err = exec.Command("ip", "-j", "route", "get", dst.String(), "from", src.String(),
+			"ipproto", proto, "sport", fmt.Sprint(sport)).Output()
+		return err
+	})
+	if err != nil {
+		t.Fatalf("ip route get %s from %s ipproto %s sport %d: %v", dst, src, proto, sport, err)
+	}
+	var rs []struct {
+		Gateway string `json:"gateway"`
+	}
+	if err := json.Unmarshal(out, &rs); err != nil || len(rs) != 1 {
+		t.Fatalf("ip route get: %q: %v", out, err)
+	}
+	gw, _ := netip.ParseAddr(rs[0].Gateway)
+	return gw
 }
 
 var sortRoutes = cmp.Transformer("sortRoutes", func(in []Route) []Route {

@@ -246,6 +246,13 @@ type wantSysctl struct {
 
 func exactly(v string) func(string) bool { return func(cur string) bool { return cur == v } }
 
+// fencesVIPs accepts the arp_ignore values that keep a realserver from
+// answering ARP for a VIP on lo: 1 and 2 (the target must be on the incoming
+// interface) and 8 (never answer). 3 does not: it only skips scope host
+// addresses, and the VIPs are global. 0 and the reserved 4-7 answer for any
+// local address.
+func fencesVIPs(cur string) bool { return cur == "1" || cur == "2" || cur == "8" }
+
 // relaxed accepts rp_filter off (0) or loose (2): strict mode (1) drops what
 // arrives on a tunnel or decapsulated on an interface the reply does not leave by.
 func relaxed(cur string) bool { return cur == "0" || cur == "2" }
@@ -254,10 +261,12 @@ func (r *reconciler) wantSysctls(arpVIPs, tunVIPs []netip.Addr, tunnels []string
 	var out []wantSysctl
 	ifaces := append([]string{"all"}, r.cfg.FacingIfaces...)
 	if len(arpVIPs) > 0 {
-		// The kernel uses the maximum of "all" and the interface's value for both.
+		// The kernel uses the maximum of "all" and the interface's value for
+		// both, so each must fence on its own; a stricter value an
+		// administrator chose is kept.
 		for _, ifc := range ifaces {
 			out = append(out,
-				wantSysctl{name: "net/ipv4/conf/" + ifc + "/arp_ignore", value: "1", ok: exactly("1"), vips: arpVIPs, arp: true},
+				wantSysctl{name: "net/ipv4/conf/" + ifc + "/arp_ignore", value: "1", ok: fencesVIPs, vips: arpVIPs, arp: true},
 				wantSysctl{name: "net/ipv4/conf/" + ifc + "/arp_announce", value: "2", ok: exactly("2"), vips: arpVIPs, arp: true})
 		}
 	}
@@ -406,7 +415,15 @@ func (r *reconciler) ensureDecap(p *pass, ifaces []string, sources, vips []netip
 			}
 			r.log.Info("attach decap", "iface", ifc, "mode", r.decap.Mode())
 		}
-		if err := r.decap.Attach(ifc, sources); err != nil {
+		created, err := r.decap.Attach(ifc, sources)
+		// Recorded after the fact: Attach alone knows whether it created the
+		// qdisc. A crash in between leaves an empty clsact behind, nothing
+		// that touches traffic.
+		if created && !slices.Contains(r.rec.Decap.Created, ifc) {
+			r.rec.Decap.Created = append(r.rec.Decap.Created, ifc)
+			r.save(p, vips)
+		}
+		if err != nil {
 			p.fail(vips, fmt.Errorf("attach decap on %s: %w", ifc, err))
 		}
 	}
@@ -421,12 +438,13 @@ func (r *reconciler) removeDecap(p *pass, want []string) {
 			p.fail(nil, fmt.Errorf("detach decap on %s: %w", ifc, ErrNoDecapper))
 			continue
 		}
-		if err := r.decap.Detach(ifc); err != nil {
+		if err := r.decap.Detach(ifc, slices.Contains(r.rec.Decap.Created, ifc)); err != nil {
 			p.fail(nil, fmt.Errorf("detach decap on %s: %w", ifc, err))
 			continue
 		}
 		r.log.Info("detached decap", "iface", ifc)
 		r.rec.Decap.Ifaces = slices.DeleteFunc(r.rec.Decap.Ifaces, func(s string) bool { return s == ifc })
+		r.rec.Decap.Created = slices.DeleteFunc(r.rec.Decap.Created, func(s string) bool { return s == ifc })
 		r.save(p, nil)
 	}
 }
@@ -551,9 +569,21 @@ func (r *reconciler) wantRules(d Desired) []wantedRule {
 			out = append(out, wantedRule{Rule{Priority: r.cfg.RulePriority, Src: vipPrefix(v.Addr), Table: r.cfg.MSSTable}, []netip.Addr{v.Addr}})
 		}
 	}
+	// A NAT source's rules match only the replies of its services, so the
+	// realserver's own traffic from that address (DNS, updates) keeps the main
+	// table: the director forwards nothing but its services' replies.
 	natVIPs := scope(d, MethodNAT)
 	for _, s := range d.NATSources {
-		out = append(out, wantedRule{Rule{Priority: r.cfg.RulePriority, Src: vipPrefix(s), Table: r.cfg.NATTable}, natVIPs})
+		narrowed := false
+		for _, n := range d.NATServices {
+			if n.Source == s {
+				out = append(out, wantedRule{Rule{Priority: r.cfg.RulePriority, Src: vipPrefix(s), Proto: n.Proto, Sport: n.Port, Table: r.cfg.NATTable}, natVIPs})
+				narrowed = true
+			}
+		}
+		if !narrowed {
+			out = append(out, wantedRule{Rule{Priority: r.cfg.RulePriority, Src: vipPrefix(s), Table: r.cfg.NATTable}, natVIPs})
+		}
 	}
 	return out
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -190,7 +191,7 @@ func TestReconcileSteps(t *testing.T) {
 				k.SetSysctl("net/ipv4/conf/eth0/rp_filter", "1")
 				k.DelRule(Rule{Priority: DefaultRulePriority, Src: vipPrefix(vipTUN), Table: DefaultMSSTable})
 				k.DelRoute(Route{Table: DefaultMSSTable, Dst: any4})
-				dec.Detach("eth0")
+				dec.Detach("eth0", false)
 			},
 			desired:    tunDesired,
 			wantView:   tunView,
@@ -204,11 +205,15 @@ func TestReconcileSteps(t *testing.T) {
 			noWrites:   true,
 		},
 		{
-			name:    "switch to nat removes dr and tun, adds the return route",
-			desired: Desired{Generation: 4, VIPs: []VIP{{vipNAT, MethodNAT}}, NATSources: []netip.Addr{natSrc}, NATGateway: natGw},
+			name: "switch to nat removes dr and tun, adds the return route",
+			desired: Desired{Generation: 4, VIPs: []VIP{{vipNAT, MethodNAT}}, NATSources: []netip.Addr{natSrc}, NATGateway: natGw,
+				NATServices: []NATService{{natSrc, ProtoTCP, 80}, {natSrc, ProtoUDP, 53}}},
 			wantView: view{
 				LoAddrs: []netip.Prefix{lo127},
-				Rules:   []Rule{{Priority: DefaultRulePriority, Src: vipPrefix(natSrc), Table: DefaultNATTable}},
+				Rules: []Rule{
+					{Priority: DefaultRulePriority, Src: vipPrefix(natSrc), Proto: ProtoTCP, Sport: 80, Table: DefaultNATTable},
+					{Priority: DefaultRulePriority, Src: vipPrefix(natSrc), Proto: ProtoUDP, Sport: 53, Table: DefaultNATTable},
+				},
 				Routes: []Route{
 					{Table: DefaultNATTable, Dst: any4, Gw: natGw, LinkIndex: eth1},
 					{Table: DefaultNATTable, Dst: back, LinkIndex: eth1},
@@ -244,6 +249,68 @@ func TestReconcileSteps(t *testing.T) {
 	}
 	if diff := cmp.Diff(base, k.snapshot(), viewOpts); diff != "" {
 		t.Errorf("kernel after removing everything (-before +after):\n%s", diff)
+	}
+}
+
+// TestReconcileNATRulesMatchServices: the NAT return rules match only the
+// replies of the realserver's NAT services, so its own traffic from the same
+// address keeps the main table. A config from a director that lists no
+// services keeps the whole-source rule, and is narrowed once it does.
+func TestReconcileNATRulesMatchServices(t *testing.T) {
+	k := newFakeKernel()
+	r := newTestReconciler(t, k, nil, t.TempDir())
+	broad := Rule{Priority: DefaultRulePriority, Src: vipPrefix(natSrc), Table: DefaultNATTable}
+	web := Rule{Priority: DefaultRulePriority, Src: vipPrefix(natSrc), Proto: ProtoTCP, Sport: 8080, Table: DefaultNATTable}
+	dns := Rule{Priority: DefaultRulePriority, Src: vipPrefix(natSrc), Proto: ProtoUDP, Sport: 53, Table: DefaultNATTable}
+	d := Desired{Generation: 1, VIPs: []VIP{{vipNAT, MethodNAT}}, NATSources: []netip.Addr{natSrc}, NATGateway: natGw}
+	for _, s := range []struct {
+		name     string
+		services []NATService
+		want     []Rule
+	}{
+		{"director without services: whole source", nil, []Rule{broad}},
+		{"services: their replies only", []NATService{{natSrc, ProtoTCP, 8080}, {natSrc, ProtoUDP, 53}}, []Rule{web, dns}},
+		{"a service removed", []NATService{{natSrc, ProtoUDP, 53}}, []Rule{dns}},
+	} {
+		d.Generation++
+		d.NATServices = s.services
+		if st := r.reconcile(d); st.Err != nil {
+			t.Fatalf("%s: reconcile: %v", s.name, st.Err)
+		}
+		if diff := cmp.Diff(s.want, k.snapshot().Rules, viewOpts); diff != "" {
+			t.Errorf("%s: rules (-want +got):\n%s", s.name, diff)
+		}
+	}
+}
+
+// TestReconcileKeepsStricterARPIgnore: an arp_ignore that already keeps the
+// realserver from answering ARP for a VIP on lo (1, 2 or 8) is left alone;
+// one that does not (0, and 3, which still answers for global addresses) is
+// set to 1.
+func TestReconcileKeepsStricterARPIgnore(t *testing.T) {
+	k := newFakeKernel()
+	k.SetSysctl("net/ipv4/conf/all/arp_ignore", "2")
+	k.SetSysctl("net/ipv4/conf/eth0/arp_ignore", "8")
+	r := newTestReconciler(t, k, nil, t.TempDir())
+	k.takeWrites()
+	d := Desired{Generation: 1, VIPs: []VIP{{vipDR, MethodDR}}}
+	if st := r.reconcile(d); st.Err != nil {
+		t.Fatalf("reconcile: %v", st.Err)
+	}
+	for _, w := range k.takeWrites() {
+		if strings.Contains(w, "arp_ignore") {
+			t.Errorf("wrote %q over a value that already fences the VIP", w)
+		}
+	}
+	k.SetSysctl("net/ipv4/conf/eth0/arp_ignore", "3")
+	d.Generation++
+	if st := r.reconcile(d); st.Err != nil {
+		t.Fatalf("reconcile: %v", st.Err)
+	}
+	for n, want := range map[string]string{"net/ipv4/conf/all/arp_ignore": "2", "net/ipv4/conf/eth0/arp_ignore": "1"} {
+		if got, _ := k.Sysctl(n); got != want {
+			t.Errorf("%s = %q, want %q", n, got, want)
+		}
 	}
 }
 

@@ -35,6 +35,9 @@ type ownedSysctl struct {
 type decapRecord struct {
 	Mode   string   `json:"mode,omitempty"`
 	Ifaces []string `json:"ifaces,omitempty"`
+	// Created lists the Ifaces where Attach created what Detach must remove
+	// (the clsact qdisc); one that was there before stays.
+	Created []string `json:"created,omitempty"`
 }
 
 // record is everything the agent owns in the kernel, plus the last desired

@@ -76,7 +76,7 @@ func (f *serviceFlags) add(fs *pflag.FlagSet) {
 	fs.Uint32Var(&f.healthStatus, "health-status", 0, "expected HTTP status (default 200)")
 	fs.Uint32Var(&f.healthPort, "health-port", 0, "port to probe (default the realserver's)")
 	fs.StringVar(&f.failurePolicy, "failure-policy", "", "what happens to a failed realserver's connections: "+failurePolicyWords.list()+" (default keep)")
-	fs.Uint32Var(&f.maglevSize, "maglev-size", 0, "Maglev table size, a prime (default 65537)")
+	fs.Uint32Var(&f.maglevSize, "maglev-size", 0, "Maglev table size; only the default 65537 is supported yet")
 }
 
 // apply writes the flags the user set into s.

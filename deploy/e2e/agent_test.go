@@ -94,8 +94,11 @@ func checkConfigured(st kernelState, host, decap string) error {
 	rules := st.rules()
 	want(slices.Contains(rules, ipRule{Priority: rulePrio, Src: vipTUN, Table: mssTable}),
 		fmt.Sprintf("rule %d: from %s lookup %s (MSS clamp)", rulePrio, vipTUN, mssTable))
-	want(slices.Contains(rules, ipRule{Priority: rulePrio, Src: h.Inside.String(), Table: natTable}),
-		fmt.Sprintf("rule %d: from %s lookup %s (NAT return)", rulePrio, h.Inside, natTable))
+	want(slices.Contains(rules, ipRule{Priority: rulePrio, Src: h.Inside.String(), IPProto: "tcp", Sport: 80, Table: natTable}),
+		fmt.Sprintf("rule %d: from %s ipproto tcp sport 80 lookup %s (NAT return)", rulePrio, h.Inside, natTable))
+	// The realserver's own traffic from its inside address keeps the main table.
+	want(!slices.Contains(rules, ipRule{Priority: rulePrio, Src: h.Inside.String(), Table: natTable}),
+		fmt.Sprintf("no rule %d: from %s lookup %s (all of the realserver's traffic)", rulePrio, h.Inside, natTable))
 	want(!slices.ContainsFunc(rules, func(r ipRule) bool { return r.Src == vipDR }), "no rule for the DR VIP")
 	routes := st.routes()
 	want(slices.ContainsFunc(routes, func(r ipRoute) bool {
@@ -235,7 +238,7 @@ func TestAgentConfiguresRealservers(t *testing.T) {
 			argv []string
 		}{
 			{"VIP deleted from lo", []string{"ip", "addr", "del", vipDR + "/32", "dev", "lo"}},
-			{"NAT rule deleted", []string{"ip", "rule", "del", "priority", fmt.Sprint(rulePrio), "from", h.Inside.String(), "lookup", natTable}},
+			{"NAT rule deleted", []string{"ip", "rule", "del", "priority", fmt.Sprint(rulePrio), "from", h.Inside.String(), "ipproto", "tcp", "sport", "80", "lookup", natTable}},
 			{"MSS route deleted", []string{"ip", "route", "del", lab.FrontNet.String(), "dev", lab.FrontIface, "table", mssTable}},
 			{"arp_ignore flipped", []string{"sh", "-c", "echo 0 > /proc/sys/net/ipv4/conf/" + lab.FrontIface + "/arp_ignore"}},
 		} {

@@ -323,6 +323,8 @@ func canonicalJSON(ctx context.Context, argv ...string) ([]string, error) {
 type ipRule struct {
 	Priority int    `json:"priority"`
 	Src      string `json:"src"`
+	IPProto  string `json:"ipproto"`
+	Sport    int    `json:"sport"`
 	Table    string `json:"table"`
 }
 

@@ -10,8 +10,9 @@ import (
 // AgentConfig derives an agent's desired configuration from the realservers
 // whose address is one of the agent's registered interface addresses:
 //   - a DR or TUN realserver puts its VIP (with the method) in vips;
-//   - a NAT realserver puts its address in nat_sources, and nat_gateway is the
-//     gateway address if one is declared;
+//   - a NAT realserver puts its address in nat_sources and its address,
+//     protocol and port in nat_services, and nat_gateway is the gateway
+//     address if one is declared;
 //   - with any TUN VIP, tunnel_sources lists the full directors' front addresses.
 //
 // Drained and zero-weight realservers count: their existing connections
@@ -36,7 +37,13 @@ func (f *FSM) AgentConfig(id string) (*raftlbv1.WatchConfigResponse, error) {
 		method raftlbv1.ForwardingMethod
 	}
 	vips := make(map[vipMethod]bool)
+	type natService struct {
+		src   netip.Addr
+		proto raftlbv1.Protocol
+		port  uint16
+	}
 	nat := make(map[netip.Addr]bool)
+	natSvcs := make(map[natService]bool)
 	tun := false
 	for k, sv := range f.s.services {
 		for rk, rs := range sv.rs {
@@ -46,6 +53,7 @@ func (f *FSM) AgentConfig(id string) (*raftlbv1.WatchConfigResponse, error) {
 			switch m := rs.GetMethod(); m {
 			case raftlbv1.ForwardingMethod_FORWARDING_METHOD_NAT:
 				nat[rk.addr] = true
+				natSvcs[natService{rk.addr, k.proto, rk.port}] = true
 			default:
 				vips[vipMethod{k.vip, m}] = true
 				tun = tun || m == raftlbv1.ForwardingMethod_FORWARDING_METHOD_TUN
@@ -60,6 +68,11 @@ func (f *FSM) AgentConfig(id string) (*raftlbv1.WatchConfigResponse, error) {
 	}
 	for _, a := range sortedKeys(nat, netip.Addr.Compare) {
 		out.NatSources = append(out.NatSources, a.String())
+	}
+	for _, n := range sortedKeys(natSvcs, func(a, b natService) int {
+		return cmp.Or(a.src.Compare(b.src), cmp.Compare(a.proto, b.proto), cmp.Compare(a.port, b.port))
+	}) {
+		out.NatServices = append(out.NatServices, &raftlbv1.NatService{Source: n.src.String(), Protocol: n.proto, Port: uint32(n.port)})
 	}
 	if gw := f.s.gateway(); gw != nil && len(nat) > 0 {
 		out.NatGateway = gw.GetAddress()

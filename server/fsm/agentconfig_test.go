@@ -25,6 +25,12 @@ func TestAgentConfig(t *testing.T) {
 		addRS(vip2, 80, rs1, 0, tun),
 		addRS(vip2, 80, rs2, 0, dr), // another host
 		addRS("198.51.100.30", 80, nrs1, 8080, nat),
+		addRS("198.51.100.30", 80, nrs1, 0, nat), // a second port of the same source
+		{Op: &raftlbv1.Command_CreateService{CreateService: &raftlbv1.CreateServiceRequest{Service: &raftlbv1.VirtualService{
+			Key: &raftlbv1.ServiceKey{Vip: "198.51.100.30", Port: 53, Protocol: raftlbv1.Protocol_PROTOCOL_UDP}}}}},
+		{Op: &raftlbv1.Command_AddRealserver{AddRealserver: &raftlbv1.AddRealserverRequest{
+			Service:    &raftlbv1.ServiceKey{Vip: "198.51.100.30", Port: 53, Protocol: raftlbv1.Protocol_PROTOCOL_UDP},
+			Realserver: &raftlbv1.Realserver{Address: nrs1, Weight: 1, Method: nat}}}},
 		register("dr-only", rs2),
 		register("rs1", "192.0.2.11/24", "fe80::1/64"),
 		{Op: &raftlbv1.Command_RegisterAgent{RegisterAgent: &raftlbv1.RegisterRequest{Id: "rs3", Interfaces: []*raftlbv1.Interface{
@@ -44,7 +50,11 @@ func TestAgentConfig(t *testing.T) {
 			TunnelSources: []string{"192.0.2.1", "192.0.2.2"},
 		}},
 		{"dr-only", &raftlbv1.WatchConfigResponse{Generation: gen, Vips: []*raftlbv1.AgentVip{{Vip: vip2, Method: dr}}}},
-		{"rs3", &raftlbv1.WatchConfigResponse{Generation: gen, NatSources: []string{nrs1}}},
+		{"rs3", &raftlbv1.WatchConfigResponse{Generation: gen, NatSources: []string{nrs1}, NatServices: []*raftlbv1.NatService{
+			{Source: nrs1, Protocol: raftlbv1.Protocol_PROTOCOL_TCP, Port: 80},
+			{Source: nrs1, Protocol: raftlbv1.Protocol_PROTOCOL_TCP, Port: 8080},
+			{Source: nrs1, Protocol: raftlbv1.Protocol_PROTOCOL_UDP, Port: 53},
+		}}},
 		{"idle", &raftlbv1.WatchConfigResponse{Generation: gen}},
 	}
 	check := func() {

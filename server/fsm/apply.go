@@ -96,6 +96,9 @@ func (t *txn) createService(r *raftlbv1.CreateServiceRequest) (*raftlbv1.Result,
 			return nil, precondition("preferred_owner", "VIP %s already prefers %q; change it with SetAddress", k.vip, a.GetPreferredOwner())
 		}
 	} else {
+		if err := t.s.checkAnnounced("service.key.vip", k.vip); err != nil {
+			return nil, err
+		}
 		// Starting the epoch at the generation that creates the address means
 		// an address deleted and created again never reuses an epoch.
 		t.s.addresses[k.vip] = &raftlbv1.Address{
@@ -187,6 +190,9 @@ func (t *txn) addRealserver(r *raftlbv1.AddRealserverRequest) (*raftlbv1.Result,
 	if _, ok := sv.rs[rk]; ok {
 		return nil, alreadyExists("realserver", "realserver %s already exists in service %s", netip.AddrPortFrom(rk.addr, rk.port), k)
 	}
+	if err := t.s.checkRealserver("realserver.address", rk.addr); err != nil {
+		return nil, err
+	}
 	sv.rs[rk] = rs
 	t.s.alignNATGroup()
 	t.config = true
@@ -253,6 +259,9 @@ func (t *txn) setAddress(in *raftlbv1.Address) (*raftlbv1.Result, error) {
 			return nil, precondition("address.kind", "%s is a VIP", a)
 		}
 		if !exists {
+			if err := t.s.checkAnnounced("address.address", a); err != nil {
+				return nil, err
+			}
 			owner := groupOwner(t.s.natGroup())
 			if old := t.s.gateway(); old != nil {
 				delete(t.s.addresses, netip.MustParseAddr(old.GetAddress()))

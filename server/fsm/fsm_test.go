@@ -207,6 +207,7 @@ func TestValidateCommand(t *testing.T) {
 		{"vip loopback", svc(func(s *raftlbv1.VirtualService) { s.Key.Vip = "127.0.0.1" }), "service.key.vip: \"127.0.0.1\" is a loopback"},
 		{"vip multicast", svc(func(s *raftlbv1.VirtualService) { s.Key.Vip = "224.0.0.1" }), "service.key.vip: \"224.0.0.1\" is a multicast"},
 		{"vip broadcast", svc(func(s *raftlbv1.VirtualService) { s.Key.Vip = "255.255.255.255" }), "service.key.vip: \"255.255.255.255\" is the broadcast"},
+		{"vip link-local", svc(func(s *raftlbv1.VirtualService) { s.Key.Vip = "169.254.1.1" }), "service.key.vip: \"169.254.1.1\" is a link-local"},
 		{"port 0", svc(func(s *raftlbv1.VirtualService) { s.Key.Port = 0 }), "service.key.port: required"},
 		{"port too big", svc(func(s *raftlbv1.VirtualService) { s.Key.Port = 65536 }), "service.key.port: 65536 is out of range"},
 		{"protocol missing", svc(func(s *raftlbv1.VirtualService) { s.Key.Protocol = 0 }), "service.key.protocol: required"},
@@ -351,10 +352,10 @@ func TestValidateCommandAccepts(t *testing.T) {
 			t.Errorf("ValidateCommand(%v) = %v", c, err)
 		}
 	}
-	big := createSvc(vip1, 80, "")
-	big.GetCreateService().Service.MaglevTableSize = 1000003
-	if err := ValidateCommand(big); err != nil {
-		t.Errorf("largest Maglev size: %v", err)
+	dflt := createSvc(vip1, 80, "")
+	dflt.GetCreateService().Service.MaglevTableSize = DefaultMaglevTableSize
+	if err := ValidateCommand(dflt); err != nil {
+		t.Errorf("default Maglev size: %v", err)
 	}
 }
 

@@ -135,7 +135,9 @@ func (s *state) toProto(withConns bool) *raftlbv1.Snapshot {
 }
 
 // stateFromProto rebuilds a state, refusing a snapshot that could not have
-// been written by toProto (bad or duplicate keys).
+// been written by toProto: bad or duplicate keys, or addresses breaking what
+// Apply keeps (a known kind, at most one NAT gateway, an owner that is a full
+// director).
 func stateFromProto(p *raftlbv1.Snapshot) (*state, error) {
 	s := newState()
 	s.generation, s.dropped = p.GetGeneration(), p.GetConnectionsDropped()
@@ -165,16 +167,7 @@ func stateFromProto(p *raftlbv1.Snapshot) (*state, error) {
 		}
 		s.services[k] = sv
 	}
-	for i, a := range p.GetAddresses() {
-		addr, reason := parseUnicast(a.GetAddress())
-		if reason != "" {
-			return nil, fmt.Errorf("addresses[%d]: %w", i, invalid("address", "%s", reason))
-		}
-		if _, dup := s.addresses[addr]; dup {
-			return nil, fmt.Errorf("addresses[%d]: %w", i, alreadyExists("address", "%s twice", addr))
-		}
-		s.addresses[addr] = proto.CloneOf(a)
-	}
+	// Directors before addresses: an address's owner must be one of them.
 	for i, d := range p.GetDirectors() {
 		if err := validateDirector(fmt.Sprintf("directors[%d]", i), d); err != nil {
 			return nil, err
@@ -183,6 +176,34 @@ func stateFromProto(p *raftlbv1.Snapshot) (*state, error) {
 			return nil, fmt.Errorf("directors[%d]: %w", i, alreadyExists("id", "%q twice", d.GetId()))
 		}
 		s.directors[d.GetId()] = proto.CloneOf(d)
+	}
+	var gateway netip.Addr
+	for i, a := range p.GetAddresses() {
+		addr, reason := parseUnicast(a.GetAddress())
+		if reason != "" {
+			return nil, fmt.Errorf("addresses[%d]: %w", i, invalid("address", "%s", reason))
+		}
+		if _, dup := s.addresses[addr]; dup {
+			return nil, fmt.Errorf("addresses[%d]: %w", i, alreadyExists("address", "%s twice", addr))
+		}
+		switch a.GetKind() {
+		case raftlbv1.AddressKind_ADDRESS_KIND_VIP:
+		case raftlbv1.AddressKind_ADDRESS_KIND_NAT_GATEWAY:
+			// Apply keeps one gateway; with two, gateway() would pick one at random.
+			if gateway.IsValid() {
+				return nil, fmt.Errorf("addresses[%d]: %w", i, invalid("kind", "%s is a second NAT gateway besides %s", addr, gateway))
+			}
+			gateway = addr
+		default:
+			return nil, fmt.Errorf("addresses[%d]: %w", i, invalid("kind", "%s is not VIP or NAT_GATEWAY", a.GetKind()))
+		}
+		if o := a.GetOwner(); o != "" && !s.fullDirector(o) {
+			return nil, fmt.Errorf("addresses[%d]: %w", i, invalid("owner", "%q is not a director that may own addresses", o))
+		}
+		if err := validateID("preferred_owner", a.GetPreferredOwner(), false); err != nil {
+			return nil, fmt.Errorf("addresses[%d]: %w", i, err)
+		}
+		s.addresses[addr] = proto.CloneOf(a)
 	}
 	for i, a := range p.GetAgents() {
 		if err := validateRegister(&raftlbv1.RegisterRequest{Id: a.GetId(), Interfaces: a.GetInterfaces()}); err != nil {

@@ -43,17 +43,64 @@ const (
 	maxIDLen            = 128
 	maxPathLen          = 1024
 	maxMessageLen       = 4096
+	// Bounds on what an agent, the least trusted role, may have replicated.
+	MaxAgentInterfaces     = 64
+	MaxAgentInterfaceAddrs = 64
+	MaxAgentVIPResults     = 4096
 )
 
 // ValidateCommand checks a command without looking at any state: formats,
 // ranges and required fields. It returns nil or an *Error (InvalidArgument,
 // or Internal for a command with no known operation) whose field is a path in
-// the request, e.g. "service.key.vip". Apply runs it again, so a rule may only
-// be relaxed between versions, never tightened, or replicas replaying an old
-// log would disagree.
+// the request, e.g. "service.key.vip". Apply runs the same checks again
+// (validateCommand), so a rule there may only be relaxed between versions,
+// never tightened, or replicas replaying an old log would disagree. Limits
+// added later are checked only here, before a command is proposed
+// (validateProposal), so an entry or snapshot written before them still
+// applies and restores the same way everywhere.
 func ValidateCommand(c *raftlbv1.Command) error {
 	if err := validateCommand(c); err != nil {
 		return err
+	}
+	if err := validateProposal(c); err != nil {
+		return err
+	}
+	return nil
+}
+
+// validateProposal checks the limits that Apply does not re-check: see
+// ValidateCommand.
+func validateProposal(c *raftlbv1.Command) *Error {
+	switch op := c.GetOp().(type) {
+	case *raftlbv1.Command_CreateService:
+		return validateTableSize("service.maglev_table_size", op.CreateService.GetService().GetMaglevTableSize())
+	case *raftlbv1.Command_UpdateService:
+		return validateTableSize("service.maglev_table_size", op.UpdateService.GetService().GetMaglevTableSize())
+	case *raftlbv1.Command_RegisterAgent:
+		ifcs := op.RegisterAgent.GetInterfaces()
+		if len(ifcs) > MaxAgentInterfaces {
+			return invalid("interfaces", "%d interfaces exceed the limit of %d", len(ifcs), MaxAgentInterfaces)
+		}
+		for i, ifc := range ifcs {
+			if n := len(ifc.GetAddresses()); n > MaxAgentInterfaceAddrs {
+				return invalid(fmt.Sprintf("interfaces[%d].addresses", i), "%d addresses exceed the limit of %d", n, MaxAgentInterfaceAddrs)
+			}
+		}
+	case *raftlbv1.Command_ReportAgentStatus:
+		if n := len(op.ReportAgentStatus.GetVips()); n > MaxAgentVIPResults {
+			return invalid("vips", "%d VIP results exceed the limit of %d", n, MaxAgentVIPResults)
+		}
+	}
+	return nil
+}
+
+// validateTableSize refuses a Maglev table size the dataplane would not
+// use: every director builds every service's table with its own
+// dataplane.Config.TableSize (DefaultMaglevTableSize), so a per-service size
+// is not supported yet.
+func validateTableSize(field string, m uint32) *Error {
+	if m != 0 && m != DefaultMaglevTableSize {
+		return invalid(field, "%d is not supported: every service's table has %d entries (leave it 0)", m, DefaultMaglevTableSize)
 	}
 	return nil
 }
@@ -134,6 +181,8 @@ func parseUnicast(s string) (netip.Addr, string) {
 		return netip.Addr{}, fmt.Sprintf("%q is a multicast address", s)
 	case a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
 		return netip.Addr{}, fmt.Sprintf("%q is the broadcast address", s)
+	case a.IsLinkLocalUnicast():
+		return netip.Addr{}, fmt.Sprintf("%q is a link-local address", s)
 	}
 	return a, ""
 }

@@ -233,6 +233,12 @@ type WatchConfigResponse struct {
 	NatGateway string   `protobuf:"bytes,4,opt,name=nat_gateway,json=natGateway,proto3" json:"nat_gateway,omitempty"`
 	// Addresses allowed as outer source of tunnelled packets (the directors).
 	TunnelSources []string `protobuf:"bytes,5,rep,name=tunnel_sources,json=tunnelSources,proto3" json:"tunnel_sources,omitempty"`
+	// The NAT realservers on this realserver, one per source, protocol and
+	// port: only replies from these ports go through nat_gateway, so the
+	// realserver's own traffic from the same address keeps its usual route.
+	// Every source is also listed in nat_sources, which an agent that predates
+	// this field routes through nat_gateway whole.
+	NatServices   []*NatService `protobuf:"bytes,6,rep,name=nat_services,json=natServices,proto3" json:"nat_services,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -302,6 +308,76 @@ func (x *WatchConfigResponse) GetTunnelSources() []string {
 	return nil
 }
 
+func (x *WatchConfigResponse) GetNatServices() []*NatService {
+	if x != nil {
+		return x.NatServices
+	}
+	return nil
+}
+
+// NatService is a port a NAT realserver answers on.
+type NatService struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The realserver's address: the source of its replies.
+	Source   string   `protobuf:"bytes,1,opt,name=source,proto3" json:"source,omitempty"`
+	Protocol Protocol `protobuf:"varint,2,opt,name=protocol,proto3,enum=raftlb.v1.Protocol" json:"protocol,omitempty"`
+	// The realserver port: the source port of its replies.
+	Port          uint32 `protobuf:"varint,3,opt,name=port,proto3" json:"port,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NatService) Reset() {
+	*x = NatService{}
+	mi := &file_raftlb_v1_agent_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NatService) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NatService) ProtoMessage() {}
+
+func (x *NatService) ProtoReflect() protoreflect.Message {
+	mi := &file_raftlb_v1_agent_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NatService.ProtoReflect.Descriptor instead.
+func (*NatService) Descriptor() ([]byte, []int) {
+	return file_raftlb_v1_agent_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *NatService) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *NatService) GetProtocol() Protocol {
+	if x != nil {
+		return x.Protocol
+	}
+	return Protocol_PROTOCOL_UNSPECIFIED
+}
+
+func (x *NatService) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
 // VipResult is what the agent did for one VIP.
 type VipResult struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -314,7 +390,7 @@ type VipResult struct {
 
 func (x *VipResult) Reset() {
 	*x = VipResult{}
-	mi := &file_raftlb_v1_agent_proto_msgTypes[5]
+	mi := &file_raftlb_v1_agent_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -326,7 +402,7 @@ func (x *VipResult) String() string {
 func (*VipResult) ProtoMessage() {}
 
 func (x *VipResult) ProtoReflect() protoreflect.Message {
-	mi := &file_raftlb_v1_agent_proto_msgTypes[5]
+	mi := &file_raftlb_v1_agent_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -339,7 +415,7 @@ func (x *VipResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VipResult.ProtoReflect.Descriptor instead.
 func (*VipResult) Descriptor() ([]byte, []int) {
-	return file_raftlb_v1_agent_proto_rawDescGZIP(), []int{5}
+	return file_raftlb_v1_agent_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *VipResult) GetVip() string {
@@ -377,7 +453,7 @@ type ReportStatusRequest struct {
 
 func (x *ReportStatusRequest) Reset() {
 	*x = ReportStatusRequest{}
-	mi := &file_raftlb_v1_agent_proto_msgTypes[6]
+	mi := &file_raftlb_v1_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -389,7 +465,7 @@ func (x *ReportStatusRequest) String() string {
 func (*ReportStatusRequest) ProtoMessage() {}
 
 func (x *ReportStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_raftlb_v1_agent_proto_msgTypes[6]
+	mi := &file_raftlb_v1_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -402,7 +478,7 @@ func (x *ReportStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportStatusRequest.ProtoReflect.Descriptor instead.
 func (*ReportStatusRequest) Descriptor() ([]byte, []int) {
-	return file_raftlb_v1_agent_proto_rawDescGZIP(), []int{6}
+	return file_raftlb_v1_agent_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ReportStatusRequest) GetId() string {
@@ -448,7 +524,7 @@ type ReportStatusResponse struct {
 
 func (x *ReportStatusResponse) Reset() {
 	*x = ReportStatusResponse{}
-	mi := &file_raftlb_v1_agent_proto_msgTypes[7]
+	mi := &file_raftlb_v1_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -460,7 +536,7 @@ func (x *ReportStatusResponse) String() string {
 func (*ReportStatusResponse) ProtoMessage() {}
 
 func (x *ReportStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_raftlb_v1_agent_proto_msgTypes[7]
+	mi := &file_raftlb_v1_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -473,7 +549,7 @@ func (x *ReportStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportStatusResponse.ProtoReflect.Descriptor instead.
 func (*ReportStatusResponse) Descriptor() ([]byte, []int) {
-	return file_raftlb_v1_agent_proto_rawDescGZIP(), []int{7}
+	return file_raftlb_v1_agent_proto_rawDescGZIP(), []int{8}
 }
 
 // AgentInfo is an agent as the cluster knows it.
@@ -496,7 +572,7 @@ type AgentInfo struct {
 
 func (x *AgentInfo) Reset() {
 	*x = AgentInfo{}
-	mi := &file_raftlb_v1_agent_proto_msgTypes[8]
+	mi := &file_raftlb_v1_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -508,7 +584,7 @@ func (x *AgentInfo) String() string {
 func (*AgentInfo) ProtoMessage() {}
 
 func (x *AgentInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_raftlb_v1_agent_proto_msgTypes[8]
+	mi := &file_raftlb_v1_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -521,7 +597,7 @@ func (x *AgentInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentInfo.ProtoReflect.Descriptor instead.
 func (*AgentInfo) Descriptor() ([]byte, []int) {
-	return file_raftlb_v1_agent_proto_rawDescGZIP(), []int{8}
+	return file_raftlb_v1_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *AgentInfo) GetId() string {
@@ -588,7 +664,7 @@ type ListAgentsRequest struct {
 
 func (x *ListAgentsRequest) Reset() {
 	*x = ListAgentsRequest{}
-	mi := &file_raftlb_v1_agent_proto_msgTypes[9]
+	mi := &file_raftlb_v1_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -600,7 +676,7 @@ func (x *ListAgentsRequest) String() string {
 func (*ListAgentsRequest) ProtoMessage() {}
 
 func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_raftlb_v1_agent_proto_msgTypes[9]
+	mi := &file_raftlb_v1_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -613,7 +689,7 @@ func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsRequest.ProtoReflect.Descriptor instead.
 func (*ListAgentsRequest) Descriptor() ([]byte, []int) {
-	return file_raftlb_v1_agent_proto_rawDescGZIP(), []int{9}
+	return file_raftlb_v1_agent_proto_rawDescGZIP(), []int{10}
 }
 
 type ListAgentsResponse struct {
@@ -625,7 +701,7 @@ type ListAgentsResponse struct {
 
 func (x *ListAgentsResponse) Reset() {
 	*x = ListAgentsResponse{}
-	mi := &file_raftlb_v1_agent_proto_msgTypes[10]
+	mi := &file_raftlb_v1_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -637,7 +713,7 @@ func (x *ListAgentsResponse) String() string {
 func (*ListAgentsResponse) ProtoMessage() {}
 
 func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_raftlb_v1_agent_proto_msgTypes[10]
+	mi := &file_raftlb_v1_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -650,7 +726,7 @@ func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsResponse.ProtoReflect.Descriptor instead.
 func (*ListAgentsResponse) Descriptor() ([]byte, []int) {
-	return file_raftlb_v1_agent_proto_rawDescGZIP(), []int{10}
+	return file_raftlb_v1_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListAgentsResponse) GetAgents() []*AgentInfo {
@@ -679,7 +755,7 @@ const file_raftlb_v1_agent_proto_rawDesc = "" +
 	"\x10after_generation\x18\x02 \x01(\x04R\x0fafterGeneration\"Q\n" +
 	"\bAgentVip\x12\x10\n" +
 	"\x03vip\x18\x01 \x01(\tR\x03vip\x123\n" +
-	"\x06method\x18\x02 \x01(\x0e2\x1b.raftlb.v1.ForwardingMethodR\x06method\"\xc7\x01\n" +
+	"\x06method\x18\x02 \x01(\x0e2\x1b.raftlb.v1.ForwardingMethodR\x06method\"\x81\x02\n" +
 	"\x13WatchConfigResponse\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x01 \x01(\x04R\n" +
@@ -689,7 +765,13 @@ const file_raftlb_v1_agent_proto_rawDesc = "" +
 	"natSources\x12\x1f\n" +
 	"\vnat_gateway\x18\x04 \x01(\tR\n" +
 	"natGateway\x12%\n" +
-	"\x0etunnel_sources\x18\x05 \x03(\tR\rtunnelSources\"M\n" +
+	"\x0etunnel_sources\x18\x05 \x03(\tR\rtunnelSources\x128\n" +
+	"\fnat_services\x18\x06 \x03(\v2\x15.raftlb.v1.NatServiceR\vnatServices\"i\n" +
+	"\n" +
+	"NatService\x12\x16\n" +
+	"\x06source\x18\x01 \x01(\tR\x06source\x12/\n" +
+	"\bprotocol\x18\x02 \x01(\x0e2\x13.raftlb.v1.ProtocolR\bprotocol\x12\x12\n" +
+	"\x04port\x18\x03 \x01(\rR\x04port\"M\n" +
 	"\tVipResult\x12\x10\n" +
 	"\x03vip\x18\x01 \x01(\tR\x03vip\x12\x18\n" +
 	"\aapplied\x18\x02 \x01(\bR\aapplied\x12\x14\n" +
@@ -737,43 +819,47 @@ func file_raftlb_v1_agent_proto_rawDescGZIP() []byte {
 	return file_raftlb_v1_agent_proto_rawDescData
 }
 
-var file_raftlb_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_raftlb_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_raftlb_v1_agent_proto_goTypes = []any{
 	(*RegisterRequest)(nil),      // 0: raftlb.v1.RegisterRequest
 	(*RegisterResponse)(nil),     // 1: raftlb.v1.RegisterResponse
 	(*WatchConfigRequest)(nil),   // 2: raftlb.v1.WatchConfigRequest
 	(*AgentVip)(nil),             // 3: raftlb.v1.AgentVip
 	(*WatchConfigResponse)(nil),  // 4: raftlb.v1.WatchConfigResponse
-	(*VipResult)(nil),            // 5: raftlb.v1.VipResult
-	(*ReportStatusRequest)(nil),  // 6: raftlb.v1.ReportStatusRequest
-	(*ReportStatusResponse)(nil), // 7: raftlb.v1.ReportStatusResponse
-	(*AgentInfo)(nil),            // 8: raftlb.v1.AgentInfo
-	(*ListAgentsRequest)(nil),    // 9: raftlb.v1.ListAgentsRequest
-	(*ListAgentsResponse)(nil),   // 10: raftlb.v1.ListAgentsResponse
-	(*Interface)(nil),            // 11: raftlb.v1.Interface
-	(ForwardingMethod)(0),        // 12: raftlb.v1.ForwardingMethod
+	(*NatService)(nil),           // 5: raftlb.v1.NatService
+	(*VipResult)(nil),            // 6: raftlb.v1.VipResult
+	(*ReportStatusRequest)(nil),  // 7: raftlb.v1.ReportStatusRequest
+	(*ReportStatusResponse)(nil), // 8: raftlb.v1.ReportStatusResponse
+	(*AgentInfo)(nil),            // 9: raftlb.v1.AgentInfo
+	(*ListAgentsRequest)(nil),    // 10: raftlb.v1.ListAgentsRequest
+	(*ListAgentsResponse)(nil),   // 11: raftlb.v1.ListAgentsResponse
+	(*Interface)(nil),            // 12: raftlb.v1.Interface
+	(ForwardingMethod)(0),        // 13: raftlb.v1.ForwardingMethod
+	(Protocol)(0),                // 14: raftlb.v1.Protocol
 }
 var file_raftlb_v1_agent_proto_depIdxs = []int32{
-	11, // 0: raftlb.v1.RegisterRequest.interfaces:type_name -> raftlb.v1.Interface
-	12, // 1: raftlb.v1.AgentVip.method:type_name -> raftlb.v1.ForwardingMethod
+	12, // 0: raftlb.v1.RegisterRequest.interfaces:type_name -> raftlb.v1.Interface
+	13, // 1: raftlb.v1.AgentVip.method:type_name -> raftlb.v1.ForwardingMethod
 	3,  // 2: raftlb.v1.WatchConfigResponse.vips:type_name -> raftlb.v1.AgentVip
-	5,  // 3: raftlb.v1.ReportStatusRequest.vips:type_name -> raftlb.v1.VipResult
-	11, // 4: raftlb.v1.AgentInfo.interfaces:type_name -> raftlb.v1.Interface
-	5,  // 5: raftlb.v1.AgentInfo.vips:type_name -> raftlb.v1.VipResult
-	8,  // 6: raftlb.v1.ListAgentsResponse.agents:type_name -> raftlb.v1.AgentInfo
-	0,  // 7: raftlb.v1.AgentService.Register:input_type -> raftlb.v1.RegisterRequest
-	2,  // 8: raftlb.v1.AgentService.WatchConfig:input_type -> raftlb.v1.WatchConfigRequest
-	6,  // 9: raftlb.v1.AgentService.ReportStatus:input_type -> raftlb.v1.ReportStatusRequest
-	9,  // 10: raftlb.v1.AgentService.ListAgents:input_type -> raftlb.v1.ListAgentsRequest
-	1,  // 11: raftlb.v1.AgentService.Register:output_type -> raftlb.v1.RegisterResponse
-	4,  // 12: raftlb.v1.AgentService.WatchConfig:output_type -> raftlb.v1.WatchConfigResponse
-	7,  // 13: raftlb.v1.AgentService.ReportStatus:output_type -> raftlb.v1.ReportStatusResponse
-	10, // 14: raftlb.v1.AgentService.ListAgents:output_type -> raftlb.v1.ListAgentsResponse
-	11, // [11:15] is the sub-list for method output_type
-	7,  // [7:11] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	5,  // 3: raftlb.v1.WatchConfigResponse.nat_services:type_name -> raftlb.v1.NatService
+	14, // 4: raftlb.v1.NatService.protocol:type_name -> raftlb.v1.Protocol
+	6,  // 5: raftlb.v1.ReportStatusRequest.vips:type_name -> raftlb.v1.VipResult
+	12, // 6: raftlb.v1.AgentInfo.interfaces:type_name -> raftlb.v1.Interface
+	6,  // 7: raftlb.v1.AgentInfo.vips:type_name -> raftlb.v1.VipResult
+	9,  // 8: raftlb.v1.ListAgentsResponse.agents:type_name -> raftlb.v1.AgentInfo
+	0,  // 9: raftlb.v1.AgentService.Register:input_type -> raftlb.v1.RegisterRequest
+	2,  // 10: raftlb.v1.AgentService.WatchConfig:input_type -> raftlb.v1.WatchConfigRequest
+	7,  // 11: raftlb.v1.AgentService.ReportStatus:input_type -> raftlb.v1.ReportStatusRequest
+	10, // 12: raftlb.v1.AgentService.ListAgents:input_type -> raftlb.v1.ListAgentsRequest
+	1,  // 13: raftlb.v1.AgentService.Register:output_type -> raftlb.v1.RegisterResponse
+	4,  // 14: raftlb.v1.AgentService.WatchConfig:output_type -> raftlb.v1.WatchConfigResponse
+	8,  // 15: raftlb.v1.AgentService.ReportStatus:output_type -> raftlb.v1.ReportStatusResponse
+	11, // 16: raftlb.v1.AgentService.ListAgents:output_type -> raftlb.v1.ListAgentsResponse
+	13, // [13:17] is the sub-list for method output_type
+	9,  // [9:13] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_raftlb_v1_agent_proto_init() }
@@ -788,7 +874,7 @@ func file_raftlb_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_raftlb_v1_agent_proto_rawDesc), len(file_raftlb_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   11,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -850,7 +850,8 @@ type VirtualService struct {
 	PersistenceSeconds uint32        `protobuf:"varint,4,opt,name=persistence_seconds,json=persistenceSeconds,proto3" json:"persistence_seconds,omitempty"`
 	HealthCheck        *HealthCheck  `protobuf:"bytes,5,opt,name=health_check,json=healthCheck,proto3" json:"health_check,omitempty"`
 	FailurePolicy      FailurePolicy `protobuf:"varint,6,opt,name=failure_policy,json=failurePolicy,proto3,enum=raftlb.v1.FailurePolicy" json:"failure_policy,omitempty"`
-	// Maglev table size, a prime; zero means 65537.
+	// Maglev table size; zero means 65537, the only size supported yet (every
+	// director builds every table with its dataplane's size).
 	MaglevTableSize uint32 `protobuf:"varint,7,opt,name=maglev_table_size,json=maglevTableSize,proto3" json:"maglev_table_size,omitempty"`
 	// Output only: the service's realservers.
 	Realservers []*Realserver `protobuf:"bytes,8,rep,name=realservers,proto3" json:"realservers,omitempty"`
