@@ -272,6 +272,8 @@ func testMetrics(t *testing.T, n *testNode) {
 	for _, name := range []string{
 		"raftlb_raft_state", "raftlb_raft_term", "raftlb_raft_applied_index", "raftlb_raft_commit_index",
 		"raftlb_raft_leader_changes_total", "raftlb_fsm_generation", `raftlb_api_requests_total{code="OK",method="/raftlb.v1.ClusterService/GetStatus"}`,
+		"raftlb_ha_reassignments_total", "raftlb_ha_failover_seconds", "raftlb_ha_takeovers_total", "raftlb_ha_garps_sent_total",
+		"raftlb_ha_connsync_lag_seconds",
 	} {
 		if !strings.Contains(string(b), name) {
 			missing = append(missing, name)

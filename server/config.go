@@ -64,6 +64,9 @@ type Config struct {
 	CommitTimeout      time.Duration `yaml:"commit_timeout"`
 	// SnapshotThreshold is the number of log entries between snapshots.
 	SnapshotThreshold uint64 `yaml:"snapshot_threshold"`
+	// SnapshotInterval is how often Raft checks whether SnapshotThreshold
+	// entries have accumulated (with some jitter).
+	SnapshotInterval time.Duration `yaml:"snapshot_interval"`
 	// WriteTimeout bounds how long a request waits for a leader and for its
 	// entry to commit (and how long a consistent read waits for the leader).
 	WriteTimeout time.Duration `yaml:"write_timeout"`
@@ -120,6 +123,9 @@ func (c *Config) Defaults() {
 	}
 	if c.SnapshotThreshold == 0 {
 		c.SnapshotThreshold = 8192
+	}
+	if c.SnapshotInterval == 0 {
+		c.SnapshotInterval = 120 * time.Second
 	}
 	if c.WriteTimeout == 0 {
 		c.WriteTimeout = 10 * time.Second
@@ -242,6 +248,7 @@ func (c *Config) Validate() error {
 	for name, d := range map[string]time.Duration{
 		"heartbeat-timeout": c.HeartbeatTimeout, "election-timeout": c.ElectionTimeout,
 		"leader-lease-timeout": c.LeaderLeaseTimeout, "commit-timeout": c.CommitTimeout,
+		"snapshot-interval": c.SnapshotInterval,
 	} {
 		if d < minTimeout {
 			errs = append(errs, fmt.Errorf("%s: %v is below %v", name, d, minTimeout))

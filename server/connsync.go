@@ -125,9 +125,6 @@ func (s *connSync) hook(ch fsm.ConnChange) {
 	}
 }
 
-func (s *connSync) enqueued() uint64  { return s.enq.Load() }
-func (s *connSync) installed() uint64 { return s.done.Load() }
-
 // onEvents hands the dataplane's connection events to the batcher; it never
 // blocks.
 func (s *connSync) onEvents(evs []dataplane.Event) { s.b.Enqueue(eventsToHA(evs)) }

@@ -35,7 +35,7 @@ func BenchmarkConnSync(b *testing.B) {
 		return nil
 	})
 	const total = 200_000
-	offset := 0
+	offset := 0 // every run uses new connections: -count repeats the sub-benchmarks
 	for _, run := range []struct {
 		name string
 		rate float64 // events per second; 0 floods
@@ -81,7 +81,7 @@ func syncRun(b *testing.B, dps map[string]*memDataplane, vip netip.Addr, offset,
 		}
 		dps["d1"].inject(evs)
 	}
-	want := offset + total // d2 also holds the earlier runs' entries
+	want := offset + total // installedCount counts the earlier runs' entries too
 	waitFor(b, 120*time.Second, "d2 installs every connection", func() error {
 		if n := dps["d2"].installedCount(); n < want {
 			return fmt.Errorf("%d of %d installed", n, want)
@@ -92,6 +92,22 @@ func syncRun(b *testing.B, dps map[string]*memDataplane, vip netip.Addr, offset,
 		b.Fatalf("%d connections missing on d2", n)
 	}
 	at := dps["d2"].installedAt(keys)
+	defer func() {
+		// Close them all again, so that -count runs start from an empty table.
+		for i := 0; i < len(keys); i += batch {
+			evs := make([]dataplane.Event, 0, batch)
+			for j := i; j < min(i+batch, len(keys)); j++ {
+				evs = append(evs, dataplane.Event{Type: dataplane.EventClose, Conn: dataplane.Conn{Key: keys[j]}})
+			}
+			dps["d1"].inject(evs)
+		}
+		waitFor(b, 120*time.Second, "d2 drops every connection", func() error {
+			if n := dps["d2"].count(); n > 0 {
+				return fmt.Errorf("%d left", n)
+			}
+			return nil
+		})
+	}()
 	lags := make([]time.Duration, len(at))
 	last := start
 	for i, t := range at {

@@ -451,6 +451,7 @@ func (d *Director) raftConfig() *raft.Config {
 	rc.LeaderLeaseTimeout = d.cfg.LeaderLeaseTimeout
 	rc.CommitTimeout = d.cfg.CommitTimeout
 	rc.SnapshotThreshold = d.cfg.SnapshotThreshold
+	rc.SnapshotInterval = d.cfg.SnapshotInterval
 	rc.Logger = newHCLog(d.base.With("component", "raft"), "raft", hclog.Warn)
 	return rc
 }

@@ -66,6 +66,26 @@
 // device, which the kernel may lack), NAT targets through the inside
 // network, which is their forwarding path.
 //
+// High availability (ha_wiring.go, connsync.go) wires server/ha in: on
+// every node a lease Grantor, which grants only while this node leads a
+// term whose barrier has completed (VerifyLeader checks the barrier's term,
+// a quorum, and that the term has not moved), serving
+// InternalService.GrantLease and ReleaseLease to the director named in the
+// caller's certificate; and a Reassigner, which moves a lost owner's
+// addresses once its lease has surely run out and performs MoveVip, and
+// proposes on this node only, never forwarded. Memberlist joins and leaves
+// are hints to it. A full director also runs, as its packet path's lease
+// keeper, the ha Keeper (leases from the leader, gratuitous ARP on the front
+// and inside interfaces, a fresh burst when a peer rejoins), the connection
+// Batcher, fed by the dataplane's events and proposing through the leader,
+// and the installer of replicated connections: the state machine's
+// connection hook queues each change without blocking and one goroutine
+// writes it into the dataplane, leaving alone the entries of addresses this
+// director holds a lease on. The keeper takes a new address over only when
+// the dataplane has reconciled the current configuration and installed every
+// replicated connection. At shutdown a director releases its addresses
+// first, so they move at once.
+//
 // In Insecure mode the API and the Raft transport run in plaintext and every
 // caller is treated as a director (all rights, forwarding included): it
 // exists for local experiments only.

@@ -80,7 +80,12 @@ func (h *haNode) bind() {
 	}
 	h.an = &lazyAnnouncer{front: d.cfg.Iface, inside: d.cfg.InsideIface, log: d.base}
 	h.k = ha.NewKeeper(ha.KeeperConfig{
-		ID:           d.cfg.ID,
+		ID: d.cfg.ID,
+		// Four renewals a lease, retried quickly while there is no leader:
+		// when the leader dies, a new one is usually established before the
+		// leases it granted run out, so the owners keep answering.
+		Renewals:     4,
+		Retry:        25 * time.Millisecond,
 		GARPCount:    d.cfg.GARPCount,
 		GARPInterval: d.cfg.GARPInterval,
 		GARPRefresh:  d.cfg.GARPRefresh,
@@ -88,9 +93,9 @@ func (h *haNode) bind() {
 		Flush:        flush,
 	}, d.fsm, timeoutGranter{
 		g: ha.LeaderGranter{ID: d.cfg.ID, Local: h.g, Remote: h.leaderClient},
-		// A request that outlives a third of the lease is no use: the
-		// keeper renews every third and must not sit on a dead leader.
-		timeout: max(d.cfg.LeaseDuration/3, 50*time.Millisecond),
+		// A request that outlives a renewal period is no use: the keeper
+		// must not sit on a dead leader.
+		timeout: max(d.cfg.LeaseDuration/4, 50*time.Millisecond),
 	}, pp.dp, h.an, d.base, h.m)
 	if h.sync != nil {
 		h.sync.owns = h.k.Owns

@@ -86,6 +86,8 @@ SIGINT or SIGTERM shuts it down gracefully.`,
 	dur(func(c *server.Config) *time.Duration { return &c.CommitTimeout }, "commit-timeout", "Raft commit timeout", d.CommitTimeout)
 	bindFlag(f, func(c *server.Config) *uint64 { return &c.SnapshotThreshold }, fs.Uint64Var, "snapshot-threshold", 0,
 		fmt.Sprintf("Raft log entries between snapshots (default %d)", d.SnapshotThreshold))
+	dur(func(c *server.Config) *time.Duration { return &c.SnapshotInterval }, "snapshot-interval",
+		"how often Raft checks whether --snapshot-threshold entries have accumulated", d.SnapshotInterval)
 	dur(func(c *server.Config) *time.Duration { return &c.WriteTimeout }, "write-timeout", "how long a request waits for a leader and its commit", d.WriteTimeout)
 	dur(func(c *server.Config) *time.Duration { return &c.LeaseDuration }, "lease-duration", "how long a granted address lease lets the dataplane answer", d.LeaseDuration)
 	bindFlag(f, func(c *server.Config) *int { return &c.GARPCount }, fs.IntVar, "garp-count", 0,

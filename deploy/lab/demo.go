@@ -29,8 +29,9 @@ const demoGETs = 6
 // Demo brings the lab up and walks through what works so far: a Raft leader among
 // d1, d2 and w1; a DR, a TUN and a NAT service written through one director and read
 // back from another; the agents configuring the realservers; HTTP from the client
-// through each VIP reaching rs1..rs3, the connection table and the counters; and the
-// leader killed while the survivors elect a new one and keep the services. Every step
+// through each VIP reaching rs1..rs3, the connection table and the counters; the
+// leader killed while the survivors elect a new one and keep the services; and the
+// owner of a VIP killed while a client's connection through it keeps working. Every step
 // prints the command a user would type and its output. The lab is left up.
 func (l *Lab) Demo(ctx context.Context, bin string, w io.Writer) error {
 	step := func(format string, a ...any) { fmt.Fprintf(w, "\n== "+format+"\n", a...) }
@@ -57,6 +58,9 @@ func (l *Lab) Demo(ctx context.Context, bin string, w io.Writer) error {
 		return err
 	}
 	if err := l.demoLeaderFailover(ctx, w, bin, step, all, leader); err != nil {
+		return err
+	}
+	if err := l.demoDirectorFailover(ctx, w, bin, step); err != nil {
 		return err
 	}
 	step("done; the lab stays up (raftlb lab down removes it)")

@@ -88,7 +88,7 @@ func TestDirectorArgs(t *testing.T) {
 		"--tls-cert", "/run/raftlb-lab/tls/director-d2.pem",
 		"--tls-key", "/run/raftlb-lab/tls/director-d2-key.pem",
 		"--gossip-key-file", "/run/raftlb-lab/gossip.key",
-		"--lease-duration", "500ms",
+		"--lease-duration", LeaseDuration.String(),
 		"--iface", "eth0", "--inside-iface", "eth1",
 	}
 	if diff := cmp.Diff(want, got); diff != "" {

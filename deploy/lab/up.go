@@ -215,9 +215,11 @@ func (l *Lab) DirectorArgs(id string) ([]string, error) {
 	return append(args, "--iface", FrontIface, "--inside-iface", InsideIface), nil
 }
 
-// LeaseDuration is the address lease the lab's directors grant: short, so
-// a failover takes well under a second, and still several Raft heartbeats.
-const LeaseDuration = 500 * time.Millisecond
+// LeaseDuration is the address lease the lab's directors grant: short, so a
+// lost owner's VIPs move well within a second, and long enough that when the
+// Raft leader dies a new one is usually in place before the owners' leases
+// (renewed every quarter) run out.
+const LeaseDuration = 600 * time.Millisecond
 
 // BackendArgs returns the flags (after the binary) that run the lab backend for name.
 func BackendArgs(name string) []string {

@@ -128,6 +128,9 @@ func (s *state) applyConnBatch(b *raftlbv1.ConnectionBatch, origin string, limit
 		}
 		return v
 	}
+	// The hook gets the command's own (validated) entries, which nothing else
+	// keeps once the command is applied: a batch is thousands of entries on
+	// every director, and copies would double what each one allocates.
 	for _, e := range b.GetDeletes() {
 		if !owns(e.GetVip()) {
 			continue
@@ -135,8 +138,11 @@ func (s *state) applyConnBatch(b *raftlbv1.ConnectionBatch, origin string, limit
 		k := connKeyOf(e)
 		if _, ok := s.conns[k]; ok {
 			delete(s.conns, k)
-			ch.Deletes = append(ch.Deletes, connEntry(k, connVal{}))
+			ch.Deletes = append(ch.Deletes, e)
 		}
+	}
+	if ch.Upserts == nil {
+		ch.Upserts = make([]*raftlbv1.ConnEntry, 0, len(b.GetUpserts()))
 	}
 	for _, e := range b.GetUpserts() {
 		if !owns(e.GetVip()) {
@@ -148,7 +154,7 @@ func (s *state) applyConnBatch(b *raftlbv1.ConnectionBatch, origin string, limit
 			continue
 		}
 		s.conns[k] = connValOf(e)
-		ch.Upserts = append(ch.Upserts, connEntry(k, s.conns[k]))
+		ch.Upserts = append(ch.Upserts, e)
 	}
 	sortChange(ch)
 }

@@ -477,18 +477,36 @@ func validateConnEntry(field string, e *raftlbv1.ConnEntry, keyOnly bool) *Error
 	return nil
 }
 
+// validateConnectionBatch checks every entry. A batch carries thousands of
+// them and every director validates each batch, so the common case takes
+// the allocation-free connEntryValid; only an invalid entry is examined
+// again to name its field.
 func validateConnectionBatch(b *raftlbv1.ConnectionBatch) *Error {
 	for i, e := range b.GetUpserts() {
-		if err := validateConnEntry(fmt.Sprintf("upserts[%d]", i), e, false); err != nil {
-			return err
+		if !connEntryValid(e, false) {
+			return validateConnEntry(fmt.Sprintf("upserts[%d]", i), e, false)
 		}
 	}
 	for i, e := range b.GetDeletes() {
-		if err := validateConnEntry(fmt.Sprintf("deletes[%d]", i), e, true); err != nil {
-			return err
+		if !connEntryValid(e, true) {
+			return validateConnEntry(fmt.Sprintf("deletes[%d]", i), e, true)
 		}
 	}
 	return nil
+}
+
+// connEntryValid reports whether validateConnEntry would accept e.
+func connEntryValid(e *raftlbv1.ConnEntry, keyOnly bool) bool {
+	switch {
+	case e == nil,
+		e.GetProtocol() != raftlbv1.Protocol_PROTOCOL_TCP && e.GetProtocol() != raftlbv1.Protocol_PROTOCOL_UDP,
+		e.GetClientPort() > 65535, e.GetVport() > 65535:
+		return false
+	case keyOnly:
+		return true
+	}
+	_, ok := raftlbv1.ConnectionState_name[int32(e.GetState())]
+	return ok && e.GetRealserverPort() <= 65535
 }
 
 // parseIfaceAddr accepts "192.0.2.11" or "192.0.2.11/24", IPv4 or IPv6: an

@@ -49,8 +49,13 @@ type KeeperConfig struct {
 	// Retry is the wait after a failed lease request; default 100ms.
 	Retry time.Duration
 	// FirstRenew is the renewal period until the leader has told the lease
-	// duration (then a third of it); default 500ms.
+	// duration (then the duration divided by Renewals); default 500ms.
 	FirstRenew time.Duration
+	// Renewals is how many renewals a lease duration holds; default 3. More
+	// keep more of the lease in hand when the leader is lost (a new one must
+	// be elected before the leases run out, or every address goes dark
+	// until it is), at the price of more requests.
+	Renewals int
 	// GARPCount announcements, GARPInterval apart, on takeover and whenever a
 	// lapsed lease is granted again; default 5 and 200ms.
 	GARPCount    int
@@ -75,6 +80,9 @@ func (c *KeeperConfig) defaults() {
 	}
 	if c.FirstRenew <= 0 {
 		c.FirstRenew = 500 * time.Millisecond
+	}
+	if c.Renewals <= 0 {
+		c.Renewals = 3
 	}
 	if c.GARPCount == 0 {
 		c.GARPCount = 5
@@ -391,7 +399,7 @@ func (k *Keeper) renew(ctx context.Context) {
 		return
 	}
 	if lease.Duration > 0 {
-		k.period = lease.Duration / 3
+		k.period = lease.Duration / time.Duration(k.cfg.Renewals)
 	}
 	k.nextRenew = start.Add(k.period)
 	deadline := start.Add(lease.Duration)

@@ -49,7 +49,7 @@ const (
 // VIP and leads, so a new leader must be elected first and then wait out a full lease
 // from its election. Reported: p50-ms, max-ms and trials.
 func BenchmarkFailoverOutage(b *testing.B) {
-	l := upLab(b, "rlbfb-", addBenchServices) // the probe is UDP: it checks itself
+	l := upLab(b, "rlbfb-", nil, addBenchServices) // the probe is UDP: it checks itself
 	l.waitOwners("d1", probeVIP)
 	p := l.startProbe(probeVIP)
 	p.waitFlowing(b)
@@ -306,7 +306,7 @@ func BenchmarkConnectionSurvival(b *testing.B) {
 	for i, s := range schedulerVIPs {
 		vips[i] = s.vip
 	}
-	l := upLab(b, "rlbfs-", addBenchServices, vips...)
+	l := upLab(b, "rlbfs-", nil, addBenchServices, vips...)
 	type tally struct{ old, oldOK, young, youngOK int }
 	res := make(map[string]*tally)
 	for _, s := range schedulerVIPs {

@@ -2,6 +2,7 @@ package failover
 
 import (
 	"fmt"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -17,19 +18,23 @@ import (
 //
 //  1. SIGKILL of the owner d1: d2 takes over, the client's ARP entry for every VIP
 //     moves to d2, no stream breaks, new connections succeed;
-//  2. d1 restarts: it catches up and takes nothing back;
+//  2. d1 restarts: it catches up (its snapshot, then the log) and takes nothing back;
 //  3. `raftlb vip move` hands the DR VIP and the NAT group back to d1 gracefully;
 //  4. SIGTERM of d1: a graceful shutdown hands everything to d2;
 //  5. SIGSTOP of d2 (owner of everything): it falls silent at its lease deadline,
 //     d1 takes over, and after SIGCONT d2 never answers for a VIP again;
 //  6. d1's inside link cut while the client still reaches it: it falls silent when
 //     its lease ends, d2 takes over, and healing leaves exactly one owner, which
-//     announces itself afresh.
+//     announces itself afresh;
+//  7. SIGKILL of the Raft leader while it owns nothing: a new leader is in place
+//     before the owner's leases run out, and nothing moves.
 //
 // Throughout, an ARP watcher on the client's link checks that no two directors ever
 // answer for a VIP in overlapping times.
 func TestFailover(t *testing.T) {
-	l := upLab(t, "rlbfo-", (*haLab).addServices, allVIPs...)
+	// Frequent snapshots, so that a restarted director restores one and then
+	// replays the log after it.
+	l := upLab(t, "rlbfo-", []string{"--snapshot-interval", "1s", "--snapshot-threshold", "16"}, (*haLab).addServices, allVIPs...)
 	d1, d2 := macOf(t, "d1"), macOf(t, "d2")
 	arp := l.watchARP(20*time.Millisecond, allVIPs...)
 
@@ -41,6 +46,13 @@ func TestFailover(t *testing.T) {
 	short := l.startShortConns(100*time.Millisecond, allVIPs...)
 
 	t.Run("sigkill owner", func(t *testing.T) {
+		// So that its restart below restores a snapshot and replays the log after it.
+		eventually(t, 15*time.Second, "d1 has taken a snapshot", func() error {
+			if snaps, _ := filepath.Glob(filepath.Join(l.Dir, "data", "d1", "snapshots", "*", "state.bin")); len(snaps) == 0 {
+				return fmt.Errorf("none yet")
+			}
+			return nil
+		})
 		before := l.owners()
 		killed := time.Now()
 		l.signal("d1", syscall.SIGKILL)
@@ -186,6 +198,49 @@ func TestFailover(t *testing.T) {
 		}
 		arp.checkNoOverlap(t, cut, time.Now(), allVIPs...)
 		progressed(t, streams, 5, 10*time.Second)
+	})
+
+	t.Run("sigkill raft leader", func(t *testing.T) {
+		// The leader grants every lease; when it dies, a new one must be in place
+		// before the owners' leases run out. Nothing may move: the owner keeps its
+		// VIPs at the same epoch and the streams go on.
+		owners := l.owners()
+		var st raftlbv1.GetStatusResponse
+		if err := l.getJSON("d1", &st, "status"); err != nil {
+			t.Fatal(err)
+		}
+		leader := st.GetLeaderId()
+		for _, o := range owners {
+			if strings.HasPrefix(o, leader+"@") {
+				t.Skipf("the leader %s owns VIPs; losing it is the sigkill-owner case", leader)
+			}
+		}
+		killed := time.Now()
+		l.signal(leader, syscall.SIGKILL)
+		l.waitGone(leader)
+		other := map[string]string{"d1": "w1", "d2": "w1", "w1": "d1"}[leader]
+		eventually(t, 20*time.Second, "a new leader", func() error {
+			var st raftlbv1.GetStatusResponse
+			if err := l.getJSON(other, &st, "status"); err != nil {
+				return err
+			}
+			if st.GetLeaderId() == "" || st.GetLeaderId() == leader {
+				return fmt.Errorf("leader %q", st.GetLeaderId())
+			}
+			return nil
+		})
+		progressed(t, streams, 25, 20*time.Second)
+		logGaps(t, streams, killed)
+		var after raftlbv1.ListAddressesResponse
+		if err := l.getJSON(other, &after, "vip", "list"); err != nil {
+			t.Fatal(err)
+		}
+		for _, a := range after.GetAddresses() {
+			if got := a.GetOwner() + "@" + fmt.Sprint(a.GetEpoch()); got != owners[a.GetAddress()] {
+				t.Errorf("%s moved from %s to %s when the leader died", a.GetAddress(), owners[a.GetAddress()], got)
+			}
+		}
+		l.restart(leader)
 	})
 
 	for _, s := range streams {

@@ -66,12 +66,14 @@ type haLab struct {
 	*lab.Lab
 	tb  testing.TB
 	ctx context.Context
+	// flags are the extra flags of every director and the witness, also on restart.
+	flags []string
 }
 
-// upLab brings up directors, witness, backends and agents under prefix, creates the
-// services with add and waits until every VIP in vips echoes through d1, their
-// preferred owner.
-func upLab(tb testing.TB, prefix string, add func(*haLab), vips ...string) *haLab {
+// upLab brings up directors (with the extra flags), witness, backends and agents
+// under prefix, creates the services with add and waits until every VIP in vips
+// echoes through d1, their preferred owner.
+func upLab(tb testing.TB, prefix string, flags []string, add func(*haLab), vips ...string) *haLab {
 	tb.Helper()
 	if os.Geteuid() != 0 {
 		tb.Skip("needs root: the lab creates network namespaces")
@@ -83,7 +85,7 @@ func upLab(tb testing.TB, prefix string, add func(*haLab), vips ...string) *haLa
 	}
 	l.StopTimeout = 2 * time.Second
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	hl := &haLab{Lab: l, tb: tb, ctx: ctx}
+	hl := &haLab{Lab: l, tb: tb, ctx: ctx, flags: flags}
 	tb.Cleanup(func() {
 		cancel()
 		if tb.Failed() {
@@ -93,7 +95,8 @@ func upLab(tb testing.TB, prefix string, add func(*haLab), vips ...string) *haLa
 			tb.Errorf("lab down: %v", err)
 		}
 	})
-	if err := l.Up(ctx, lab.UpOptions{Binary: raftlbBin, StartDirectors: true, StartBackends: true, StartAgents: true}); err != nil {
+	if err := l.Up(ctx, lab.UpOptions{Binary: raftlbBin, StartDirectors: true, StartBackends: true, StartAgents: true,
+		DirectorFlags: flags}); err != nil {
 		tb.Fatalf("lab up: %v", err)
 	}
 	add(hl)
@@ -299,7 +302,7 @@ func (l *haLab) waitGone(name string) {
 // committed.
 func (l *haLab) restart(id string) {
 	l.tb.Helper()
-	p, err := l.StartDirector(raftlbBin, id)
+	p, err := l.StartDirector(raftlbBin, id, l.flags...)
 	if err != nil {
 		l.tb.Fatal(err)
 	}
