@@ -16,8 +16,8 @@ import (
 // witness): connection events are injected where the dataplane hands them
 // over (its Run callback, into the batcher's queue) on the owner d1, and
 // timed until they are in the standby d2's table. The tables are in memory
-// (memDataplane), so BPF map writes are not included. "offered-100k" injects
-// 1024-event batches at 100,000 events/s; "flood" injects as fast as it can.
+// (memDataplane), so BPF map writes are not included. "offered-150k" injects
+// 1024-event batches at 150,000 events/s; "flood" injects as fast as it can.
 // Reported: conns/s from the first injection to the last entry installed,
 // and p50-ms and p99-ms of each entry's lag from injection to installation.
 func BenchmarkConnSync(b *testing.B) {
@@ -39,7 +39,7 @@ func BenchmarkConnSync(b *testing.B) {
 	for _, run := range []struct {
 		name string
 		rate float64 // events per second; 0 floods
-	}{{"offered-100k", 100_000}, {"flood", 0}} {
+	}{{"offered-150k", 150_000}, {"flood", 0}} {
 		b.Run(run.name, func(b *testing.B) {
 			conns, lags, rate := syncRun(b, dps, vip, offset, total, run.rate)
 			offset += total
