@@ -36,7 +36,7 @@ func (l *Lab) demoDirectorFailover(ctx context.Context, w io.Writer, bin string,
 		}
 	}
 	vip := demoServices[0].vip
-	owner, err := l.waitVIPOwner(ctx, bin, vip, "")
+	owner, err := l.waitVIPOwner(ctx, bin, []string{"w1", "d1", "d2"}, vip, "")
 	if err != nil {
 		return err
 	}
@@ -58,7 +58,7 @@ func (l *Lab) demoDirectorFailover(ctx context.Context, w io.Writer, bin string,
 	if err := l.Signal(owner, syscall.SIGKILL); err != nil {
 		return err
 	}
-	next, err := l.waitVIPOwner(ctx, bin, vip, owner)
+	next, err := l.waitVIPOwner(ctx, bin, []string{"w1", "d1", "d2"}, vip, owner)
 	if err != nil {
 		return err
 	}
@@ -86,17 +86,21 @@ func (l *Lab) demoDirectorFailover(ctx context.Context, w io.Writer, bin string,
 	if err := l.WaitTCP(ctx, "client", netip.AddrPortFrom(h.Front, APIPort).String(), p); err != nil {
 		return err
 	}
+	// Its own copy of the state shows the new owner once it has caught up.
+	if _, err := l.waitVIPOwner(ctx, bin, []string{owner}, vip, owner); err != nil {
+		return err
+	}
 	fmt.Fprintf(w, "to hand %s back: raftlb vip move %s --to %s\n", vip, vip, owner)
-	return l.demoCLI(ctx, w, bin, "d1", "vip", "list")
+	return l.demoCLI(ctx, w, bin, owner, "vip", "list")
 }
 
-// waitVIPOwner polls `vip list` until vip has an owner other than not.
-func (l *Lab) waitVIPOwner(ctx context.Context, bin, vip, not string) (string, error) {
+// waitVIPOwner polls `vip list` on hosts, in turn, until one shows vip with an
+// owner other than not.
+func (l *Lab) waitVIPOwner(ctx context.Context, bin string, hosts []string, vip, not string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
-	hosts := []string{"w1", "d1", "d2"}
 	var last error
 	for i := 0; ; i++ {
 		out, err := l.CLI(ctx, bin, hosts[i%len(hosts)], "vip", "list", "-o", "json", "--timeout", "2s")
