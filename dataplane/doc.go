@@ -7,12 +7,24 @@
 //   - XDP on the front interface: ARP and ICMP echo for owned addresses
 //     (VIPs), DR (MAC rewrite, XDP_TX) and TUN (IPv4-in-IPv4, XDP_TX; the
 //     outer header always carries DF, as Linux ipip with pmtudisc);
-//     ICMP errors about a VIP connection go to its realserver.
+//     ICMP errors about a DR or TUN connection go to its realserver.
 //   - XDP on the inside interface: ARP and ICMP echo for the NAT gateway.
 //   - TC (tcx ingress) on both: NAT in both directions with checksum
 //     helpers that are right for full and partial checksums and GSO, and
 //     bpf_redirect_neigh; also DR/TUN for GSO packets too big for XDP to
 //     encapsulate (generic XDP on veth), so the kernel can segment them.
+//   - ICMP errors (destination unreachable, time exceeded) about a NAT
+//     connection, translated in TC like the connection itself, quoted
+//     header included, so path-MTU discovery works through NAT: one to a
+//     VIP quoting VIP:vport→client goes to the realserver with the outer
+//     destination and quoted source rewritten to RIP:rport; one on the
+//     inside quoting client→RIP:rport (found by its reverse-NAT entry)
+//     goes to the client from the VIP, quoted destination VIP:vport. The
+//     quoted IP checksum and the ICMP checksum are updated; the quoted L4
+//     checksum is left as it is (quotes are usually truncated). Lease-gated;
+//     one about a NAT connection that cannot be translated is dropped and
+//     counted, never passed to the kernel. Errors do not refresh
+//     connections.
 //   - The connection table (a hash, not an LRU), reverse-NAT and
 //     persistence tables, per-service lookup tables (Maglev, computed in
 //     dataplane/maglev), leases, per-CPU counters and the event ring.

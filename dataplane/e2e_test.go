@@ -160,8 +160,14 @@ func (e *e2e) apply(t *testing.T, n int, drop ...int) {
 	svc := func(v netip.Addr, rs []Realserver) Service {
 		return Service{ServiceKey: ServiceKey{VIP: v, Port: 80, Proto: TCP}, Realservers: rs}
 	}
+	// Nothing listens on 5353: realservers answer with port unreachable.
+	var natUDP []Realserver
+	for _, rs := range nat {
+		natUDP = append(natUDP, Realserver{Addr: rs.Addr, Port: 5353, Weight: 1, Method: NAT})
+	}
 	mustApply(t, e.d, State{
-		Services: []Service{svc(e2eDR, dr), svc(e2eTUN, tun), svc(e2eNAT, nat)},
+		Services: []Service{svc(e2eDR, dr), svc(e2eTUN, tun), svc(e2eNAT, nat),
+			{ServiceKey: ServiceKey{VIP: e2eNAT, Port: 53, Proto: UDP}, Realservers: natUDP}},
 		Gateways: []netip.Addr{gateway},
 	})
 }
@@ -280,6 +286,31 @@ func TestE2E(t *testing.T) {
 	}
 	t.Run("icmp echo", func(t *testing.T) {
 		e.lab.Exec("c", "ping", "-c", "1", "-W", "2", e2eDR.String())
+	})
+	t.Run("nat port unreachable reaches the client", func(t *testing.T) {
+		// The client's kernel matches the error to its socket by the
+		// quoted header, so this needs VIP:53 quoted and good checksums.
+		err := e.lab.Do("c", func() error {
+			c, err := net.Dial("udp4", netip.AddrPortFrom(e2eNAT, 53).String())
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			buf := make([]byte, 16)
+			for i := 0; i < 3; i++ {
+				if _, err := c.Write([]byte("query")); err != nil {
+					return err
+				}
+				c.SetReadDeadline(time.Now().Add(time.Second))
+				if _, err = c.Read(buf); errors.Is(err, syscall.ECONNREFUSED) {
+					return nil
+				}
+			}
+			return errors.New("no port unreachable")
+		})
+		if err != nil {
+			t.Error(err)
+		}
 	})
 	t.Run("checksums", func(t *testing.T) {
 		for _, ns := range []string{"c", "r1", "r2", "r3"} {

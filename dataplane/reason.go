@@ -40,6 +40,8 @@ const (
 	ReasonXDPPassOversize
 	ReasonTCTxDR
 	ReasonTCTxTUN
+	ReasonTCNATICMPIn
+	ReasonTCNATICMPOut
 	numReasons
 )
 
@@ -50,7 +52,7 @@ var reasonNames = [...]string{
 	"drop_no_real", "drop_no_neigh", "drop_proto", "drop_icmp_no_conn", "drop_error",
 	"conn_table_full", "rnat_table_full", "event_lost", "conn_rescheduled",
 	"tc_nat_in", "tc_nat_out", "tc_pass", "tc_drop_nat_no_conn", "tc_drop_method", "decap",
-	"xdp_pass_oversize", "tc_tx_dr", "tc_tx_tun",
+	"xdp_pass_oversize", "tc_tx_dr", "tc_tx_tun", "tc_nat_icmp_in", "tc_nat_icmp_out",
 }
 
 func (r Reason) String() string {

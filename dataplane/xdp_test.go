@@ -291,6 +291,10 @@ func TestICMP(t *testing.T) {
 		if diff := cmp.Diff(in[12:], out[12:]); diff != "" {
 			t.Errorf("payload changed (-want +got):\n%s", diff)
 		}
+		// The same when no XDP program saw it.
+		if v, out := run(t, d.objs.TcFront, in); v != tcRedirect || rsOf(out) != owner {
+			t.Errorf("tc: verdict %d to rs%d, want redirect to rs%d", v, rsOf(out), owner)
+		}
 		// No such connection: dropped, not guessed.
 		quoted2 := append([]byte{}, quoted...)
 		binary.BigEndian.PutUint16(quoted2[22:], 41001)

@@ -199,6 +199,12 @@ static __always_inline int xdp_icmp_error(struct xdp_md *ctx, struct ethhdr *eth
 	rs = bpf_map_lookup_elem(&reals, &idx);
 	if (!rs || !(rs->flags & RS_VALID) || rs->addr != cn->rs_addr)
 		goto noconn;
+	if (rs->method == METHOD_NAT) {
+		/* The quoted header needs rewriting too: TC does it (and
+		 * the accounting) with the skb checksum helpers. */
+		count(R_XDP_PASS_NAT);
+		return XDP_PASS;
+	}
 	account(s->id, idx, data_end - (void *)(long)ctx->data);
 	if (rs->method == METHOD_DR) {
 		count(R_XDP_TX_ICMP_ERROR);
@@ -208,7 +214,6 @@ static __always_inline int xdp_icmp_error(struct xdp_md *ctx, struct ethhdr *eth
 		count(R_XDP_TX_ICMP_ERROR);
 		return xdp_tun(ctx, rs, c);
 	}
-	/* NAT realservers would need the embedded header rewritten too. */
 noconn:
 	count(R_DROP_ICMP_NO_CONN);
 	return XDP_DROP;
@@ -512,6 +517,229 @@ static __always_inline int tc_forward(struct __sk_buff *skb, struct real *rs, st
 	return bpf_redirect(c->front_ifindex, 0);
 }
 
+/* An ICMP error about a TCP/UDP packet, both IP headers 20 bytes. */
+#define ICMP_CSUM_OFF (L4_OFF + offsetof(struct icmphdr, checksum))
+#define IN_IP_OFF (L4_OFF + sizeof(struct icmphdr))
+#define IN_CSUM_OFF (IN_IP_OFF + offsetof(struct iphdr, check))
+#define IN_SRC_OFF (IN_IP_OFF + offsetof(struct iphdr, saddr))
+#define IN_DST_OFF (IN_IP_OFF + offsetof(struct iphdr, daddr))
+#define IN_SPORT_OFF (IN_IP_OFF + sizeof(struct iphdr))
+#define IN_DPORT_OFF (IN_SPORT_OFF + 2)
+#define ICMP_NEED (IN_DPORT_OFF + 2)
+
+/* The outer addresses of an ICMP error and the packet it quotes. */
+struct icmp_quote {
+	__be32 outer_saddr;
+	__be32 outer_daddr;
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u16 check; /* the quoted IP header's */
+	__u8 proto;
+};
+
+enum { ICMPQ_OK = 0, ICMPQ_NOT_ERROR = 1, ICMPQ_BAD = 2 };
+
+static __always_inline int tc_icmp_quote(struct __sk_buff *skb, struct icmp_quote *q)
+{
+	__u32 need = skb->len < ICMP_NEED ? skb->len : ICMP_NEED;
+	void *data, *data_end;
+	struct icmphdr *icmp;
+	struct iphdr *ip, *in;
+	__be16 *ports;
+
+	if ((void *)(long)skb->data + need > (void *)(long)skb->data_end)
+		bpf_skb_pull_data(skb, need);
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	ip = data + ETH_HLEN;
+	icmp = (void *)(ip + 1);
+	if ((void *)(icmp + 1) > data_end)
+		return ICMPQ_BAD;
+	if (icmp->type != ICMP_DEST_UNREACH && icmp->type != ICMP_TIME_EXCEEDED)
+		return ICMPQ_NOT_ERROR;
+	in = (void *)(icmp + 1);
+	ports = (void *)(in + 1);
+	if ((void *)(ports + 2) > data_end || in->ihl != 5 ||
+	    (in->protocol != IPPROTO_TCP && in->protocol != IPPROTO_UDP))
+		return ICMPQ_BAD;
+	q->outer_saddr = ip->saddr;
+	q->outer_daddr = ip->daddr;
+	q->saddr = in->saddr;
+	q->daddr = in->daddr;
+	q->sport = ports[0];
+	q->dport = ports[1];
+	q->check = in->check;
+	q->proto = in->protocol;
+	return ICMPQ_OK;
+}
+
+/*
+ * Translate an ICMP error: one outer address, and one address and port of
+ * the quoted packet. ICMP has no pseudo-header, so the outer change touches
+ * only the IP checksum; the ICMP checksum follows every quoted byte that
+ * changes, the quoted IP checksum included. The quoted L4 checksum stays:
+ * a truncated quote cannot be checked against it, and nobody does.
+ */
+static __always_inline int tc_icmp_rewrite(struct __sk_buff *skb, struct icmp_quote *q,
+					   __u32 outer_off, __be32 outer_old, __be32 outer_new,
+					   __u32 in_addr_off, __be32 in_old, __be32 in_new,
+					   __u32 in_port_off, __be16 port_old, __be16 port_new)
+{
+	__u16 check = csum_replace4(q->check, in_old, in_new);
+
+	if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, outer_old, outer_new, sizeof(outer_new)) ||
+	    bpf_skb_store_bytes(skb, outer_off, &outer_new, sizeof(outer_new), 0) ||
+	    bpf_l4_csum_replace(skb, ICMP_CSUM_OFF, in_old, in_new, sizeof(in_new)) ||
+	    bpf_l4_csum_replace(skb, ICMP_CSUM_OFF, q->check, check, sizeof(check)) ||
+	    bpf_l4_csum_replace(skb, ICMP_CSUM_OFF, port_old, port_new, sizeof(port_new)) ||
+	    bpf_skb_store_bytes(skb, in_addr_off, &in_new, sizeof(in_new), 0) ||
+	    bpf_skb_store_bytes(skb, IN_CSUM_OFF, &check, sizeof(check), 0) ||
+	    bpf_skb_store_bytes(skb, in_port_off, &port_new, sizeof(port_new), 0))
+		return -1;
+	return 0;
+}
+
+/*
+ * An ICMP error to an owned address, which XDP passed up (or which no XDP
+ * program saw): one about a reply a NAT realserver sent as the VIP (e.g.
+ * frag-needed from a router on the client's path) goes to that
+ * realserver, rewritten as if the reply had left with its own address, so
+ * path-MTU discovery works through NAT. DR and TUN connections are
+ * forwarded as they are, as XDP does.
+ */
+static __always_inline int tc_front_icmp(struct __sk_buff *skb)
+{
+	struct icmp_quote q = {};
+	struct conn_key key = {};
+	struct config *c;
+	struct conn *cn;
+	struct real *rs;
+	struct svc *s;
+	__u32 idx;
+	int r;
+
+	r = tc_icmp_quote(skb, &q);
+	if (r != ICMPQ_OK) {
+		count(r == ICMPQ_BAD ? R_DROP_TRUNCATED : R_DROP_PROTO);
+		return TC_ACT_SHOT;
+	}
+	if (q.saddr != q.outer_daddr) {
+		count(R_DROP_ICMP_NO_CONN);
+		return TC_ACT_SHOT;
+	}
+	s = svc_find(q.saddr, q.sport, q.proto);
+	if (!s) {
+		count(R_DROP_NO_SERVICE);
+		return TC_ACT_SHOT;
+	}
+	c = get_cfg();
+	if (!c)
+		return TC_ACT_SHOT;
+	if (!lease_valid(s->lease_idx, now_ns(c))) {
+		count(R_DROP_NO_LEASE);
+		return TC_ACT_SHOT;
+	}
+	key.saddr = q.daddr;
+	key.daddr = q.saddr;
+	key.sport = q.dport;
+	key.dport = q.sport;
+	key.proto = q.proto;
+	/* An error never refreshes or creates a connection. */
+	cn = bpf_map_lookup_elem(&conns, &key);
+	if (!cn)
+		goto noconn;
+	idx = cn->rs_idx;
+	rs = bpf_map_lookup_elem(&reals, &idx);
+	if (!rs || !(rs->flags & RS_VALID) || rs->addr != cn->rs_addr || rs->port != cn->rs_port)
+		goto noconn;
+	account(s->id, idx, skb->len);
+	if (rs->method == METHOD_DR || rs->method == METHOD_TUN)
+		return tc_forward(skb, rs, c);
+	if (rs->method != METHOD_NAT) {
+		count(R_TC_DROP_METHOD);
+		return TC_ACT_SHOT;
+	}
+	if (tc_icmp_rewrite(skb, &q, IP_DST_OFF, q.outer_daddr, rs->addr, IN_SRC_OFF, q.saddr,
+			    rs->addr, IN_SPORT_OFF, q.sport, rs->port)) {
+		count(R_DROP_ERROR);
+		return TC_ACT_SHOT;
+	}
+	count(R_TC_NAT_ICMP_IN);
+	return bpf_redirect_neigh(c->inside_ifindex, NULL, 0, 0);
+noconn:
+	count(R_DROP_ICMP_NO_CONN);
+	return TC_ACT_SHOT;
+}
+
+/*
+ * The mirror image on the inside: an ICMP error about a packet a client
+ * sent through NAT (e.g. port unreachable from the realserver) goes to the
+ * client as if the VIP had sent it. Found by the reverse-NAT entry, as
+ * replies are; returns -1 for an ICMP packet that is no such error.
+ */
+static __always_inline int tc_inside_icmp(struct __sk_buff *skb)
+{
+	struct icmp_quote q = {};
+	struct rnat_key rk = {};
+	struct conn_key ck = {};
+	struct config *c;
+	struct conn *cn;
+	struct rnat *rv;
+	struct svc *s;
+	__u32 rs_idx = MAX_REALS;
+	__be32 vip;
+	__be16 vport;
+
+	if (tc_icmp_quote(skb, &q) != ICMPQ_OK)
+		return -1;
+	rk.saddr = q.daddr;
+	rk.daddr = q.saddr;
+	rk.sport = q.dport;
+	rk.dport = q.sport;
+	rk.proto = q.proto;
+	rv = bpf_map_lookup_elem(&rnat, &rk);
+	if (!rv)
+		return -1;
+	/* From here on it is about a NAT connection: translated or dropped,
+	 * never handed to the kernel with the realserver's address inside. */
+	if (q.outer_daddr != q.saddr) {
+		count(R_DROP_ICMP_NO_CONN);
+		return TC_ACT_SHOT;
+	}
+	vip = rv->vip;
+	vport = rv->vport;
+	s = svc_find(vip, vport, q.proto);
+	c = get_cfg();
+	if (!s || !c) {
+		count(R_TC_DROP_NAT_NO_CONN);
+		return TC_ACT_SHOT;
+	}
+	if (!lease_valid(s->lease_idx, now_ns(c))) {
+		count(R_DROP_NO_LEASE);
+		return TC_ACT_SHOT;
+	}
+	ck.saddr = q.saddr;
+	ck.daddr = vip;
+	ck.sport = q.sport;
+	ck.dport = vport;
+	ck.proto = q.proto;
+	cn = bpf_map_lookup_elem(&conns, &ck);
+	if (cn)
+		rs_idx = cn->rs_idx;
+	account(s->id, rs_idx, skb->len);
+	/* Whoever sent it (the realserver or a router beside it), the client
+	 * must see it come from the VIP, as IPVS does. */
+	if (tc_icmp_rewrite(skb, &q, IP_SRC_OFF, q.outer_saddr, vip, IN_DST_OFF, q.daddr, vip,
+			    IN_DPORT_OFF, q.dport, vport)) {
+		count(R_DROP_ERROR);
+		return TC_ACT_SHOT;
+	}
+	count(R_TC_NAT_ICMP_OUT);
+	return bpf_redirect_neigh(c->front_ifindex, NULL, 0, 0);
+}
+
 SEC("tc")
 int tc_front(struct __sk_buff *skb)
 {
@@ -526,6 +754,8 @@ int tc_front(struct __sk_buff *skb)
 	r = tc_parse(skb, &p);
 	if (r != TC_L4) {
 		if (p.owned_dst) {
+			if (r == TC_NOT_L4 && p.f.key.proto == IPPROTO_ICMP)
+				return tc_front_icmp(skb);
 			count(r == TC_BAD ? R_DROP_TRUNCATED : R_DROP_PROTO);
 			return TC_ACT_SHOT;
 		}
@@ -590,6 +820,12 @@ int tc_inside(struct __sk_buff *skb)
 
 	r = tc_parse(skb, &p);
 	if (r != TC_L4) {
+		if (r == TC_NOT_L4 && p.f.key.proto == IPPROTO_ICMP) {
+			r = tc_inside_icmp(skb);
+			if (r >= 0)
+				return r;
+			r = TC_NOT_L4;
+		}
 		if (p.owned_dst) {
 			count(r == TC_BAD ? R_DROP_TRUNCATED : R_DROP_PROTO);
 			return TC_ACT_SHOT;

@@ -138,6 +138,8 @@ enum reason {
 	R_XDP_PASS_OVERSIZE,
 	R_TC_TX_DR,
 	R_TC_TX_TUN,
+	R_TC_NAT_ICMP_IN,
+	R_TC_NAT_ICMP_OUT,
 	R_REASON_MAX,
 };
 
@@ -887,6 +889,14 @@ static __always_inline __u16 csum_replace2(__u16 check, __u16 old, __u16 new)
 	__u32 sum = (__u16)~check + (__u16)~old + new;
 
 	return csum_fold(sum);
+}
+
+/* The same for a 32-bit field, word by word in memory order. */
+static __always_inline __u16 csum_replace4(__u16 check, __be32 old, __be32 new)
+{
+	__u16 *o = (__u16 *)&old, *n = (__u16 *)&new;
+
+	return csum_replace2(csum_replace2(check, o[0], n[0]), o[1], n[1]);
 }
 
 #endif
