@@ -368,7 +368,8 @@ func (d *Director) run(ctx context.Context) error {
 	close(d.stopping)
 	// Hand this director's addresses over while the API and Raft still run.
 	step("release addresses", func() { d.ha.release(context.Background()) })
-	step("stop api", func() { d.stopGRPC(srv) })
+	// Transfer before the API stops: the other directors renew their leases
+	// through the leader's API, and a GracefulStop may outlast a lease.
 	step("transfer leadership", func() {
 		if d.raft.State() == raft.Leader && d.otherVoters() {
 			// Hand over now rather than make the others wait out an election timeout.
@@ -378,6 +379,7 @@ func (d *Director) run(ctx context.Context) error {
 		}
 	})
 	d.ha.stepDown()
+	step("stop api", func() { d.stopGRPC(srv) })
 	cancelBG()
 	step("stop loops", wg.Wait)
 	step("leave gossip", func() { d.gossip.leave(time.Second) })
@@ -564,6 +566,10 @@ func (d *Director) leaderLoop(ctx context.Context) {
 				continue
 			}
 			d.log.Info("won raft leadership", "term", d.raft.CurrentTerm())
+			// LeaderCh keeps only the latest value: a loss followed by a new
+			// win arrives as one true. The grantor's bookkeeping is of the
+			// old term either way, so it is dropped before the new barrier.
+			d.ha.stepDown()
 			d.establishLeadership(ctx)
 		}
 	}

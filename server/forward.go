@@ -19,6 +19,7 @@ import (
 
 	raftlbv1 "github.com/raftlb/raftlb/proto/raftlb/v1"
 	"github.com/raftlb/raftlb/server/fsm"
+	"github.com/raftlb/raftlb/server/ha"
 )
 
 // forwardedKey marks a request a follower forwarded to the leader. A
@@ -129,7 +130,7 @@ func (d *Director) onLeader(ctx context.Context, idempotent bool,
 			attempts++
 			err = local(ctx)
 			if err == nil || !(errors.Is(err, raft.ErrNotLeader) || errors.Is(err, ErrNotLeader) ||
-				errors.Is(err, raft.ErrLeadershipTransferInProgress)) {
+				errors.Is(err, ha.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipTransferInProgress)) {
 				return err
 			}
 			lastErr = err

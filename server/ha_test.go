@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"sync"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/raftlb/raftlb/dataplane"
 	raftlbv1 "github.com/raftlb/raftlb/proto/raftlb/v1"
+	"github.com/raftlb/raftlb/server/ha"
 )
 
 // memDataplane is a director's packet path in memory: leases and a connection
@@ -273,5 +275,35 @@ func TestHAConnSyncAndFailover(t *testing.T) {
 	ownedBy(t, dps, "d1", vip)
 	if missing := dps["d1"].missing(keys[len(closed):]); len(missing) > 0 {
 		t.Fatalf("d1 lacks %d connections after the failover, e.g. %v", len(missing), missing[0])
+	}
+}
+
+// TestLocalProposerTerm: the reassigner's proposals commit only in the term
+// whose lease bookkeeping they rest on, and only once this node's leadership
+// of that term is established.
+func TestLocalProposerTerm(t *testing.T) {
+	c := newTestCluster(t, 1)
+	c.startAll()
+	leader, term := c.waitLeader()
+	d := leader.d
+	waitFor(t, 10*time.Second, "leadership established", func() error {
+		if got := d.barrierTerm.Load(); got != term {
+			return fmt.Errorf("established term %d, want %d", got, term)
+		}
+		return nil
+	})
+	cmd := func() *raftlbv1.Command {
+		return &raftlbv1.Command{Op: &raftlbv1.Command_UpsertDirector{
+			UpsertDirector: &raftlbv1.UpsertDirector{Director: &raftlbv1.Director{Id: "d9", ApiAddress: "127.0.0.1:1",
+				RaftAddress: "127.0.0.1:2", FrontAddress: "192.0.2.9"}}}}
+	}
+	p := localProposer{d}
+	for _, stale := range []uint64{0, term - 1, term + 1} {
+		if _, err := p.ProposeInTerm(callCtx(t), stale, cmd()); !errors.Is(err, ha.ErrNotLeader) {
+			t.Fatalf("propose in term %d while leading %d: %v, want ha.ErrNotLeader", stale, term, err)
+		}
+	}
+	if _, err := p.ProposeInTerm(callCtx(t), term, cmd()); err != nil {
+		t.Fatalf("propose in the current term: %v", err)
 	}
 }

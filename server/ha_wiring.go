@@ -397,9 +397,15 @@ func (l raftLeader) VerifyLeader(ctx context.Context) (uint64, error) {
 // past the lease fence.
 type localProposer struct{ d *Director }
 
-func (p localProposer) Propose(ctx context.Context, cmd *raftlbv1.Command) (*raftlbv1.Result, error) {
+// ProposeInTerm implements ha.TermProposer: it refuses unless Raft is still
+// in term and this node's leadership of term is established, so a proposal
+// resting on one term's lease bookkeeping never commits in a later term.
+func (p localProposer) ProposeInTerm(ctx context.Context, term uint64, cmd *raftlbv1.Command) (*raftlbv1.Result, error) {
 	if err := fsm.ValidateCommand(cmd); err != nil {
 		return nil, err
+	}
+	if cur, est := p.d.raft.CurrentTerm(), p.d.barrierTerm.Load(); cur != term || est != term {
+		return nil, fmt.Errorf("propose in term %d (raft term %d, established %d): %w", term, cur, est, ha.ErrNotLeader)
 	}
 	cmd.UnixNano = time.Now().UnixNano()
 	cmd.Origin = p.d.cfg.ID

@@ -99,6 +99,47 @@ func TestConnectionHookBatch(t *testing.T) {
 	}
 }
 
+// TestConnectionHookBeforeWatchers checks that the hooks have seen a batch's
+// connections before the watchers of Changed wake to the assignment applied
+// with them: a new owner that wakes to its assignment must find the flushed
+// connections of its predecessor already handed to the installer.
+func TestConnectionHookBeforeWatchers(t *testing.T) {
+	var f *FSM
+	var changed <-chan struct{}
+	var hooked, early int
+	f = New(nil, WithConnectionHook(func(ConnChange) {
+		hooked++
+		select {
+		case <-changed:
+			early++
+		default:
+		}
+	}))
+	c1 := conn(vip1, 80, "192.0.2.100", 1, rs1)
+	f.ApplyBatch([]*raft.Log{
+		{Index: 1, Type: raft.LogCommand, Data: mustMarshal(t, upsertDirector("d1", "192.0.2.1", false))},
+		{Index: 2, Type: raft.LogCommand, Data: mustMarshal(t, upsertDirector("d2", "192.0.2.2", false))},
+		{Index: 3, Type: raft.LogCommand, Data: mustMarshal(t, createSvc(vip1, 80, "d1"))},
+	})
+	epoch := f.Addresses()[0].GetEpoch()
+	changed = f.Changed()
+	f.ApplyBatch([]*raft.Log{
+		{Index: 4, Type: raft.LogCommand, Data: mustMarshal(t, connBatchFrom("d1", []*raftlbv1.ConnEntry{c1}, nil))},
+		{Index: 5, Type: raft.LogCommand, Data: mustMarshal(t, &raftlbv1.Command{Op: &raftlbv1.Command_AssignAddresses{
+			AssignAddresses: &raftlbv1.AssignAddresses{Addresses: []*raftlbv1.Address{{Address: vip1, Owner: "d2", Epoch: epoch + 1}}}}})},
+	})
+	changed = f.Changed()
+	f.Apply(&raft.Log{Index: 6, Type: raft.LogCommand, Data: mustMarshal(t, deleteSvc(vip1, 80))})
+	if hooked != 2 || early != 0 {
+		t.Fatalf("hooks ran %d times, %d of them after the watchers woke; want 2 and 0", hooked, early)
+	}
+	select {
+	case <-changed:
+	default:
+		t.Fatal("watchers not woken")
+	}
+}
+
 // TestConnectionBatchOrigin checks that a batch changes only the entries of
 // VIPs its proposer owns: after a VIP moves, the old owner's late batch
 // neither overwrites nor deletes the new owner's entries.

@@ -56,9 +56,11 @@ func WithMaxConnections(n int) Option {
 
 // WithConnectionHook adds a function told of every change of the connection
 // table (and of every flush), in log order, from the goroutine that applies
-// the log, after the change is visible to reads and with no lock held. Hooks
-// run in the order they were added. A hook must not block for long: Apply
-// waits for it.
+// the log, after the change is visible to reads and with no lock held, but
+// before the watchers of Changed wake: one that wakes to a new assignment
+// knows the connections committed with it have been handed to the hooks.
+// Hooks run in the order they were added. A hook must not block for long:
+// Apply waits for it.
 func WithConnectionHook(fn func(ConnChange)) Option {
 	return func(f *FSM) {
 		if fn != nil {
@@ -92,11 +94,11 @@ func (f *FSM) Apply(l *raft.Log) any {
 	var ch ConnChange
 	f.mu.Lock()
 	res, notify := f.applyLocked(l, &ch)
-	if notify {
-		f.notifyLocked()
-	}
 	f.mu.Unlock()
 	f.emit(ch)
+	if notify {
+		f.notify()
+	}
 	return res
 }
 
@@ -117,12 +119,12 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
 		out[i] = res
 		notify = notify || n
 	}
-	if notify {
-		f.notifyLocked()
-	}
 	f.mu.Unlock()
 	for _, ch := range changes {
 		f.emit(ch)
+	}
+	if notify {
+		f.notify()
 	}
 	return out
 }
@@ -134,6 +136,13 @@ func (f *FSM) emit(ch ConnChange) {
 	for _, hook := range f.connHooks {
 		hook(ch)
 	}
+}
+
+// notify wakes the watchers of Changed.
+func (f *FSM) notify() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.notifyLocked()
 }
 
 // notifyLocked wakes the watchers of Changed.

@@ -85,9 +85,9 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	}
 	f.mu.Lock()
 	f.s = next
-	f.notifyLocked()
 	f.mu.Unlock()
 	f.emit(ConnChange{Reset: true})
+	f.notify()
 	f.log.Info("restored snapshot", "generation", next.generation, "services", len(next.services), "connections", len(next.conns))
 	return nil
 }

@@ -91,6 +91,13 @@ type grantRecord struct {
 // leadership transfer, which skips that wait, so the grantor uses the safe
 // one and a failover after leader loss costs at most one lease duration.)
 //
+// The same bound guards an epoch the state machine set directly after this
+// node became leader (an address created again, a NAT gateway declared
+// anew): an earlier leader may have granted the address to another owner,
+// so such an epoch is granted only after leaderSince + LeaseDuration +
+// Margin. Epochs known at election and those this leader's reassigner
+// committed (after waiting the bounds out) are granted at once.
+//
 // Concurrency: Grant and Release are called from gRPC handlers, the rest
 // from the reassigner's goroutine; the bookkeeping sits behind one mutex.
 // Grant records its grant under the same lock under which the reassigner
@@ -113,7 +120,13 @@ type Grantor struct {
 	leaving    map[string]bool
 	fenced     map[netip.Addr]int
 	releaseReq map[netip.Addr]uint64
-	changed    chan struct{}
+	// known holds each address's epoch at BecomeLeader. An epoch the state
+	// machine set directly after that (an address created, or the NAT gateway
+	// declared anew) may have an earlier leader's lease of another owner
+	// still running, which only the since bound rules out.
+	known   map[netip.Addr]uint64
+	vetted  map[netip.Addr]uint64 // epochs this leader's reassigner committed
+	changed chan struct{}
 }
 
 // NewGrantor returns a grantor that is not leader until BecomeLeader.
@@ -136,6 +149,8 @@ func (g *Grantor) resetLocked() {
 	g.leaving = make(map[string]bool)
 	g.fenced = make(map[netip.Addr]int)
 	g.releaseReq = make(map[netip.Addr]uint64)
+	g.known = make(map[netip.Addr]uint64)
+	g.vetted = make(map[netip.Addr]uint64)
 }
 
 func (g *Grantor) notifyLocked() {
@@ -161,6 +176,9 @@ func (g *Grantor) BecomeLeader(term uint64, now time.Time) {
 	defer g.mu.Unlock()
 	g.resetLocked()
 	g.term, g.since = term, now
+	for ip, a := range addressMap(g.state()) {
+		g.known[ip] = a.GetEpoch()
+	}
 	g.notifyLocked()
 	g.log.Info("granting leases", "term", term)
 }
@@ -178,9 +196,14 @@ func (g *Grantor) StepDown() {
 
 // IsLeader reports whether BecomeLeader was called and StepDown was not.
 func (g *Grantor) IsLeader() bool {
+	return g.Term() != 0
+}
+
+// Term is the term this node grants in; 0 while it does not.
+func (g *Grantor) Term() uint64 {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return g.term != 0
+	return g.term
 }
 
 // Grant extends directorID's leases on the claims that match the replicated
@@ -215,6 +238,7 @@ func (g *Grantor) Grant(ctx context.Context, directorID string, claims []Claim) 
 			continue
 		case g.fenced[c.Address] > 0:
 		case g.heldByOtherLocked(c.Address, directorID, now):
+		case g.unvettedLocked(c) && !now.After(g.boundLocked(time.Time{})):
 		default:
 			g.grants[c.Address] = grantRecord{owner: directorID, epoch: c.Epoch, at: now}
 			g.lastGrant[directorID] = now
@@ -241,6 +265,31 @@ func (g *Grantor) heldByOtherLocked(addr netip.Addr, directorID string, now time
 		return false
 	}
 	return !now.After(g.boundLocked(rec.at))
+}
+
+// unvettedLocked reports whether c's epoch was set after BecomeLeader by
+// something other than this leader's reassigner, which waits the bounds out
+// before it assigns.
+func (g *Grantor) unvettedLocked(c Claim) bool {
+	if e, ok := g.known[c.Address]; ok && e == c.Epoch {
+		return false
+	}
+	if e, ok := g.vetted[c.Address]; ok && e == c.Epoch {
+		return false
+	}
+	return true
+}
+
+// vet records epochs the reassigner is about to commit once no older lease
+// can be valid; call it while the addresses are fenced.
+func (g *Grantor) vet(as []*raftlbv1.Address) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, a := range as {
+		if ip, err := netip.ParseAddr(a.GetAddress()); err == nil {
+			g.vetted[ip] = a.GetEpoch()
+		}
+	}
 }
 
 // Release records that directorID stopped answering for the claims (each at
@@ -310,16 +359,31 @@ func (g *Grantor) freeAtLocked(c Claim) time.Time {
 	return g.boundLocked(g.grants[c.Address].at)
 }
 
-// Free reports whether no lease on the address at that epoch can be valid at
-// now, and if not, when that will be.
-func (g *Grantor) Free(c Claim, now time.Time) (bool, time.Time) {
+// Free reports whether no lease on any of the claims can be valid at now,
+// and if not, when the last one surely runs out. It fails with ErrNotLeader
+// unless this node still grants in term: bookkeeping of another term says
+// nothing about the leases.
+func (g *Grantor) Free(claims []Claim, term uint64, now time.Time) (bool, time.Time, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.term == 0 {
-		return false, time.Time{}
+	if g.term == 0 || g.term != term {
+		return false, time.Time{}, fmt.Errorf("check leases in term %d: %w", term, ErrNotLeader)
 	}
-	at := g.freeAtLocked(c)
-	return now.After(at), at
+	free, wait := true, time.Time{}
+	for _, c := range claims {
+		if at := g.freeAtLocked(c); !now.After(at) {
+			free = false
+			wait = later(wait, at)
+		}
+	}
+	return free, wait, nil
+}
+
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
 }
 
 // Released reports whether the owner released the address at that epoch.
@@ -340,11 +404,12 @@ func (g *Grantor) LastGrant(addr netip.Addr) time.Time {
 
 // fenceIfFree fences the claims that are free at now (all of them or none
 // when all is set) so that no grant extends them, and returns them with the
-// function that lifts the fence. Check and fence happen under one lock.
-func (g *Grantor) fenceIfFree(claims []Claim, now time.Time, all bool) ([]Claim, func()) {
+// function that lifts the fence. Check and fence happen under one lock, and
+// only while this node still grants in term.
+func (g *Grantor) fenceIfFree(claims []Claim, term uint64, now time.Time, all bool) ([]Claim, func()) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.term == 0 {
+	if g.term == 0 || g.term != term {
 		return nil, func() {}
 	}
 	var ok []Claim

@@ -29,7 +29,7 @@ func newHAFixture(t *testing.T, addrs ...*raftlbv1.Address) *haFixture {
 	t.Helper()
 	f := &haFixture{clk: newFakeClock(), leader: &fakeLeader{term: 3}, st: newFakeState(dirs("d1", "d2", "w1"), addrs...)}
 	f.g = NewGrantor(GrantorConfig{LeaseDuration: testLease, Margin: testMargin, Now: f.clk.Now}, f.leader, f.st.Addresses, nil, nil)
-	f.r = NewReassigner(ReassignerConfig{Now: f.clk.Now}, f.g, f.st, f.st, nil, nil)
+	f.r = NewReassigner(ReassignerConfig{Now: f.clk.Now}, f.g, f.st, termProposer{f.st, f.leader}, nil, nil)
 	f.g.BecomeLeader(3, f.clk.Now())
 	return f
 }
@@ -135,7 +135,9 @@ func TestGrantHeldByOther(t *testing.T) {
 		t.Fatalf("d2 not granted after d1's lease surely ran out: %v", l)
 	}
 
+	// Past the new-leader bound, so only the record of d1's grant counts.
 	g := newHAFixture(t, vip("198.51.100.10", "", "d1", 2))
+	g.clk.Advance(testLease + testMargin + time.Millisecond)
 	g.grant(t, "d1", Claim{a, 2})
 	if err := g.g.Release(context.Background(), "d1", []Claim{{a, 2}}, false); err != nil {
 		t.Fatal(err)
@@ -143,5 +145,43 @@ func TestGrantHeldByOther(t *testing.T) {
 	g.st.setOwner("198.51.100.10", "d2")
 	if l := g.grant(t, "d2", Claim{a, 3}); len(l.Granted) != 1 {
 		t.Fatalf("d2 not granted after d1 released: %v", l)
+	}
+}
+
+// TestGrantWaitsForDirectAssignment: an epoch the state machine set directly
+// after this node became leader (an address deleted and created again, a NAT
+// gateway declared anew) may coexist with an earlier leader's lease of another
+// owner, so it is granted only after the new-leader bound. Epochs known at
+// election, and those this leader's reassigner committed, are granted at once.
+func TestGrantWaitsForDirectAssignment(t *testing.T) {
+	a10, a11 := mustAddr(t, "198.51.100.10"), mustAddr(t, "198.51.100.11")
+	f := newHAFixture(t, vip("198.51.100.10", "", "d1", 2), vip("198.51.100.11", "", "d1", 4))
+	f.clk.Advance(10 * time.Millisecond)
+	if l := f.grant(t, "d1", Claim{a11, 4}); len(l.Granted) != 1 {
+		t.Fatalf("epoch known at election refused: %v", l)
+	}
+	if err := f.g.Release(context.Background(), "d1", []Claim{{a11, 4}}, false); err != nil {
+		t.Fatal(err)
+	}
+	f.grant(t, "d2")
+	f.step(t)
+	if l := f.grant(t, "d2", Claim{a11, 5}); len(l.Granted) != 1 {
+		t.Fatalf("epoch the reassigner committed refused: %v", l)
+	}
+
+	// 198.51.100.10 deleted and created again for d2 by the state machine.
+	f.st.mu.Lock()
+	f.st.addrs[0] = vip("198.51.100.10", "", "d2", 40)
+	f.st.mu.Unlock()
+	elected := f.clk.Now().Add(-10 * time.Millisecond)
+	for _, at := range []time.Duration{20 * time.Millisecond, testLease, testLease + testMargin} {
+		f.clk.Advance(elected.Add(at).Sub(f.clk.Now()))
+		if l := f.grant(t, "d2", Claim{a10, 40}); len(l.Granted) != 0 {
+			t.Fatalf("direct assignment granted at election+%v: %v", at, l.Granted)
+		}
+	}
+	f.clk.Advance(time.Millisecond)
+	if l := f.grant(t, "d2", Claim{a10, 40}); len(l.Granted) != 1 {
+		t.Fatalf("direct assignment refused after the new-leader bound: %v", l)
 	}
 }

@@ -3,6 +3,7 @@ package ha
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"sync"
 	"testing"
@@ -138,6 +139,20 @@ func (s *fakeState) Propose(ctx context.Context, cmd *raftlbv1.Command) (*raftlb
 		s.notifyLocked()
 	}
 	return &raftlbv1.Result{}, nil
+}
+
+// termProposer commits like Propose while the fake Raft node is still in
+// the term asked for, as the director's localProposer does.
+type termProposer struct {
+	*fakeState
+	leader *fakeLeader
+}
+
+func (p termProposer) ProposeInTerm(ctx context.Context, term uint64, cmd *raftlbv1.Command) (*raftlbv1.Result, error) {
+	if cur, err := p.leader.VerifyLeader(ctx); err != nil || cur != term {
+		return nil, fmt.Errorf("propose in term %d (raft term %d): %w", term, cur, ErrNotLeader)
+	}
+	return p.Propose(ctx, cmd)
 }
 
 func (s *fakeState) proposals() []*raftlbv1.Command {

@@ -70,6 +70,11 @@ type KeeperConfig struct {
 	// Flush pushes pending connection sync and waits for it to commit
 	// (Batcher.Flush); called before a release. Nil means nothing to flush.
 	Flush func(ctx context.Context) error
+	// FlushTimeout bounds Flush: past it the addresses are released anyway,
+	// since a handover that waits on a stalled commit keeps them dark and
+	// stops every renewal. Default half the lease duration (FirstRenew
+	// until the leader has told it).
+	FlushTimeout time.Duration
 	// Now is the monotonic clock; default time.Now.
 	Now func() time.Time
 }
@@ -131,6 +136,7 @@ type Keeper struct {
 
 	held      map[netip.Addr]*held
 	released  map[netip.Addr]uint64
+	lease     time.Duration // as the leader last told; 0 until then
 	period    time.Duration
 	nextRenew time.Time
 	stopped   bool
@@ -252,8 +258,12 @@ func (k *Keeper) release(ctx context.Context) error {
 	return nil
 }
 
-// handOver silences the addresses, forgets them and flushes connection
-// sync; it returns their claims for ReleaseLease.
+// handOver silences the addresses, flushes connection sync and only then
+// forgets them; it returns the claims to release. The flush runs while the
+// addresses still count as owned (Owns), or the batcher would drop the very
+// events it is meant to push. An address whose silence failed is kept and
+// left out: the dataplane may answer for it until its deadline, so only the
+// leader's lease bound may free it.
 func (k *Keeper) handOver(ctx context.Context, addrs []netip.Addr) []Claim {
 	var claims []Claim
 	for _, a := range addrs {
@@ -261,25 +271,55 @@ func (k *Keeper) handOver(ctx context.Context, addrs []netip.Addr) []Claim {
 		if h == nil {
 			continue
 		}
-		k.silence(a)
+		if k.silence(a) != nil {
+			h.burst, h.nextGARP = 0, time.Time{} // draw no traffic while leaving
+			continue
+		}
 		claims = append(claims, Claim{Address: a, Epoch: h.epoch})
-		k.released[a] = h.epoch
-		delete(k.held, a)
 	}
-	k.publish()
-	if k.cfg.Flush != nil {
-		if err := k.cfg.Flush(ctx); err != nil {
+	if len(claims) > 0 && k.cfg.Flush != nil {
+		fctx, cancel := context.WithTimeout(ctx, k.flushTimeout())
+		err := k.cfg.Flush(fctx)
+		cancel()
+		if err != nil {
 			// Releasing anyway beats leaving the addresses dark for a lease.
 			k.log.Warn("flush connection sync before handover", "err", err)
 		}
 	}
+	for _, c := range claims {
+		k.released[c.Address] = c.Epoch
+		delete(k.held, c.Address)
+	}
+	k.publish()
 	return sortClaims(claims)
 }
 
-func (k *Keeper) silence(a netip.Addr) {
+func (k *Keeper) flushTimeout() time.Duration {
+	switch {
+	case k.cfg.FlushTimeout > 0:
+		return k.cfg.FlushTimeout
+	case k.lease > 0:
+		return k.lease / 2
+	}
+	return k.cfg.FirstRenew
+}
+
+// releasedClaims are the handed-over claims whose new assignment this
+// director has not seen committed yet.
+func (k *Keeper) releasedClaims() []Claim {
+	out := make([]Claim, 0, len(k.released))
+	for a, e := range k.released {
+		out = append(out, Claim{Address: a, Epoch: e})
+	}
+	return sortClaims(out)
+}
+
+func (k *Keeper) silence(a netip.Addr) error {
 	if err := k.dp.SetLease(a, time.Time{}); err != nil {
 		k.log.Error("silence address", "vip", a, "err", err)
+		return fmt.Errorf("silence %s: %w", a, err)
 	}
+	return nil
 }
 
 func (k *Keeper) silenceAll() {
@@ -399,6 +439,7 @@ func (k *Keeper) renew(ctx context.Context) {
 		return
 	}
 	if lease.Duration > 0 {
+		k.lease = lease.Duration
 		k.period = lease.Duration / time.Duration(k.cfg.Renewals)
 	}
 	k.nextRenew = start.Add(k.period)
@@ -436,8 +477,14 @@ func (k *Keeper) renew(ctx context.Context) {
 		}
 	}
 	if len(handOver) > 0 {
-		claims := k.handOver(ctx, handOver)
-		if err := k.g.ReleaseLease(ctx, claims, false); err != nil {
+		k.handOver(ctx, handOver)
+	}
+	// Every released claim goes out again with each renewal until its new
+	// assignment is committed: a release that was lost, went to a deposed
+	// leader or outlived the move that asked for it would otherwise leave
+	// the address dark, since this director never claims that epoch again.
+	if len(k.released) > 0 {
+		if err := k.g.ReleaseLease(ctx, k.releasedClaims(), false); err != nil {
 			k.log.Warn("release leases", "err", err)
 		}
 	}

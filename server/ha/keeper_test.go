@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"google.golang.org/protobuf/testing/protocmp"
 
 	raftlbv1 "github.com/raftlb/raftlb/proto/raftlb/v1"
 )
@@ -18,14 +19,16 @@ import (
 // recorder is the dataplane, announcer, granter and hooks of a keeper under
 // test, writing what happens to one ordered log.
 type recorder struct {
-	mu       sync.Mutex
-	log      []string
-	clk      *fakeClock
-	down     bool    // the leader is unreachable
-	release  bool    // the leader asks for a handover
-	refuse   bool    // the leader grants nothing
-	released []Claim // what ReleaseLease got
-	leaving  bool
+	mu          sync.Mutex
+	log         []string
+	clk         *fakeClock
+	down        bool    // the leader is unreachable
+	release     bool    // the leader asks for a handover
+	refuse      bool    // the leader grants nothing
+	failSilence bool    // silencing an address fails
+	failRelease int     // how many more ReleaseLease calls fail
+	released    []Claim // what ReleaseLease got
+	leaving     bool
 }
 
 func (r *recorder) add(format string, args ...any) {
@@ -44,6 +47,13 @@ func (r *recorder) take() []string {
 
 func (r *recorder) SetLease(addr netip.Addr, deadline time.Time) error {
 	if deadline.IsZero() {
+		r.mu.Lock()
+		fail := r.failSilence
+		r.mu.Unlock()
+		if fail {
+			r.add("silence %s failed", addr)
+			return errors.New("map update failed")
+		}
 		r.add("silence %s", addr)
 	} else {
 		r.add("lease %s +%v", addr, deadline.Sub(r.clk.Now()))
@@ -74,7 +84,19 @@ func (r *recorder) GrantLease(_ context.Context, claims []Claim) (Lease, error) 
 
 func (r *recorder) ReleaseLease(_ context.Context, claims []Claim, leaving bool) error {
 	r.add("release %v leaving=%v", claims, leaving)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.failRelease > 0 {
+		r.failRelease--
+		return errors.New("deadline exceeded")
+	}
 	return nil
+}
+
+func (r *recorder) set(fn func(r *recorder)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	fn(r)
 }
 
 func newTestKeeper(t *testing.T, st *fakeState) (*Keeper, *recorder, *fakeClock) {
@@ -162,11 +184,12 @@ func TestKeeperHandoverOnRequest(t *testing.T) {
 	if diff := cmp.Diff(want, rec.take()); diff != "" {
 		t.Fatalf("handover (-want +got):\n%s", diff)
 	}
-	// It does not claim the released epoch again.
+	// It does not claim the released epoch again; it only repeats the
+	// release until the new assignment is committed.
 	rec.release = false
 	k.Step(ctx, clk.Advance(500*time.Millisecond))
-	if got := rec.take(); len(got) != 0 {
-		t.Fatalf("after release: %v", got)
+	if diff := cmp.Diff([]string{"release [{198.51.100.10 2}] leaving=false"}, rec.take()); diff != "" {
+		t.Fatalf("after release (-want +got):\n%s", diff)
 	}
 }
 
@@ -237,5 +260,144 @@ func TestKeeperReannounce(t *testing.T) {
 		if l == "garp "+a {
 			t.Fatalf("re-announced %s without a valid lease", a)
 		}
+	}
+}
+
+// TestKeeperHandoverFlushesWhileOwned: the handover's flush pushes the
+// events enqueued before it, which it can only do while the address still
+// counts as owned; it is forgotten after the flush.
+func TestKeeperHandoverFlushesWhileOwned(t *testing.T) {
+	const a = "198.51.100.10"
+	ip := mustAddr(t, a)
+	st := newFakeState(dirs("d2"), vip(a, "", "d2", 2))
+	clk := newFakeClock()
+	rec := &recorder{clk: clk}
+	var k *Keeper
+	b := NewBatcher(BatcherConfig{MaxDelay: time.Hour, Now: clk.Now, Owns: func(v netip.Addr) bool { return k.Owns(v) }}, st, nil, nil)
+	ownedAtFlush := false
+	k = NewKeeper(KeeperConfig{ID: "d2", GARPCount: 1, Now: clk.Now, Flush: func(ctx context.Context) error {
+		ownedAtFlush = k.Owns(ip)
+		return b.Flush(ctx)
+	}}, st, rec, rec, rec, nil, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- b.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	k.Step(ctx, clk.Now())
+	if !k.Owns(ip) {
+		t.Fatal("no lease")
+	}
+	e := conn(a, 1, raftlbv1.ConnectionState_CONNECTION_STATE_ESTABLISHED)
+	b.Enqueue([]ConnEvent{{Kind: ConnNew, Entry: e}})
+	rec.set(func(r *recorder) { r.release = true })
+	k.Step(ctx, clk.Advance(500*time.Millisecond))
+	if !ownedAtFlush {
+		t.Error("address no longer owned during the handover's flush")
+	}
+	if k.Owns(ip) {
+		t.Error("still owned after the handover")
+	}
+	var got []*raftlbv1.ConnEntry
+	for _, c := range st.proposals() {
+		got = append(got, c.GetConnectionBatch().GetUpserts()...)
+	}
+	if diff := cmp.Diff([]*raftlbv1.ConnEntry{e}, got, protocmp.Transform()); diff != "" {
+		t.Fatalf("flushed entries (-want +got):\n%s", diff)
+	}
+}
+
+// TestKeeperFailedSilenceNotReleased: an address the dataplane could not
+// silence may still be answered until its deadline, so it is not released;
+// it is once silencing works.
+func TestKeeperFailedSilenceNotReleased(t *testing.T) {
+	const a = "198.51.100.10"
+	st := newFakeState(dirs("d2"), vip(a, "", "d2", 2))
+	k, rec, clk := newTestKeeper(t, st)
+	ctx := context.Background()
+	k.Step(ctx, clk.Now())
+	rec.take()
+	rec.set(func(r *recorder) { r.release, r.failSilence = true, true })
+	k.Step(ctx, clk.Advance(500*time.Millisecond))
+	if diff := cmp.Diff([]string{"silence 198.51.100.10 failed"}, rec.take()); diff != "" {
+		t.Fatalf("failed silence (-want +got):\n%s", diff)
+	}
+	if !k.Owns(mustAddr(t, a)) {
+		t.Error("address whose old deadline holds not reported as owned")
+	}
+	rec.set(func(r *recorder) { r.failSilence = false })
+	k.Step(ctx, clk.Advance(500*time.Millisecond))
+	want := []string{"silence 198.51.100.10", "flush", "release [{198.51.100.10 2}] leaving=false"}
+	if diff := cmp.Diff(want, rec.take()); diff != "" {
+		t.Fatalf("retried handover (-want +got):\n%s", diff)
+	}
+}
+
+// TestKeeperRepeatsRelease: a release the leader may not have recorded (a
+// failed call, a deposed or new leader, a cancelled move) is sent again with
+// every renewal until the new assignment is committed, so the address never
+// stays dark.
+func TestKeeperRepeatsRelease(t *testing.T) {
+	const a = "198.51.100.10"
+	st := newFakeState(dirs("d1", "d2"), vip(a, "", "d2", 2))
+	k, rec, clk := newTestKeeper(t, st)
+	ctx := context.Background()
+	k.Step(ctx, clk.Now())
+	rec.take()
+	rec.set(func(r *recorder) { r.release, r.failRelease = true, 1 })
+	k.Step(ctx, clk.Advance(500*time.Millisecond))
+	rec.set(func(r *recorder) { r.release = false })
+	rel := "release [{198.51.100.10 2}] leaving=false"
+	if diff := cmp.Diff([]string{"silence 198.51.100.10", "flush", rel}, rec.take()); diff != "" {
+		t.Fatalf("handover (-want +got):\n%s", diff)
+	}
+	steps := []struct {
+		name   string
+		before func()
+		want   []string
+	}{
+		{name: "lost release sent again", want: []string{rel}},
+		{name: "and again: another leader may not know it", want: []string{rel}},
+		{name: "new owner committed: done", before: func() { st.setOwner(a, "d1") }},
+	}
+	for _, s := range steps {
+		if s.before != nil {
+			s.before()
+		}
+		k.Step(ctx, clk.Advance(500*time.Millisecond))
+		if diff := cmp.Diff(s.want, rec.take()); diff != "" {
+			t.Fatalf("step %q (-want +got):\n%s", s.name, diff)
+		}
+	}
+}
+
+// TestKeeperFlushBounded: a flush that cannot commit (no quorum) holds the
+// keeper's only goroutine for FlushTimeout at most; the addresses are
+// released anyway.
+func TestKeeperFlushBounded(t *testing.T) {
+	const a = "198.51.100.10"
+	st := newFakeState(dirs("d2"), vip(a, "", "d2", 2))
+	clk := newFakeClock()
+	rec := &recorder{clk: clk}
+	k := NewKeeper(KeeperConfig{ID: "d2", GARPCount: 1, Now: clk.Now, FlushTimeout: 10 * time.Millisecond,
+		Flush: func(ctx context.Context) error {
+			<-ctx.Done()
+			rec.add("flush: %v", ctx.Err())
+			return ctx.Err()
+		}}, st, rec, rec, rec, nil, nil)
+	ctx := context.Background()
+	k.Step(ctx, clk.Now())
+	rec.take()
+	rec.set(func(r *recorder) { r.release = true })
+	done := make(chan struct{})
+	go func() { defer close(done); k.Step(ctx, clk.Advance(500*time.Millisecond)) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("handover blocked on a flush that cannot commit")
+	}
+	want := []string{"silence 198.51.100.10", "flush: context deadline exceeded", "release [{198.51.100.10 2}] leaving=false"}
+	if diff := cmp.Diff(want, rec.take()); diff != "" {
+		t.Fatalf("handover (-want +got):\n%s", diff)
 	}
 }

@@ -16,11 +16,19 @@ import (
 	"github.com/raftlb/raftlb/server/fsm"
 )
 
-// Proposer commits a command through Raft. The reassigner's proposer must
-// propose on this node only (raft.Apply, never forwarded to another leader)
-// and return once this node's state machine has applied the entry.
+// Proposer commits a command through Raft.
 type Proposer interface {
 	Propose(ctx context.Context, cmd *raftlbv1.Command) (*raftlbv1.Result, error)
+}
+
+// TermProposer is the reassigner's way to commit: on this node only
+// (raft.Apply, never forwarded to another leader), only while this node
+// leads term and has established that leadership (its barrier completed),
+// returning once this node's state machine has applied the entry. It fails
+// with an error wrapping ErrNotLeader (or raft's) otherwise: the grantor's
+// bookkeeping, on which the proposal rests, belongs to term alone.
+type TermProposer interface {
+	ProposeInTerm(ctx context.Context, term uint64, cmd *raftlbv1.Command) (*raftlbv1.Result, error)
 }
 
 // State is the replicated state the reassigner reads; *fsm.FSM has it.
@@ -51,7 +59,7 @@ type Reassigner struct {
 	cfg   ReassignerConfig
 	g     *Grantor
 	st    State
-	p     Proposer
+	p     TermProposer
 	log   *slog.Logger
 	m     *Metrics
 	kickC chan struct{}
@@ -61,7 +69,7 @@ type Reassigner struct {
 }
 
 // NewReassigner returns a reassigner; it acts only while g is leader.
-func NewReassigner(cfg ReassignerConfig, g *Grantor, st State, p Proposer, log *slog.Logger, m *Metrics) *Reassigner {
+func NewReassigner(cfg ReassignerConfig, g *Grantor, st State, p TermProposer, log *slog.Logger, m *Metrics) *Reassigner {
 	if cfg.Interval <= 0 {
 		cfg.Interval = 250 * time.Millisecond
 	}
@@ -133,7 +141,8 @@ func (r *Reassigner) Run(ctx context.Context) error {
 // (or released it) and whose old lease has surely run out. It returns when
 // the next waited-for lease runs out (zero if none).
 func (r *Reassigner) Step(ctx context.Context, now time.Time) (time.Time, error) {
-	if !r.g.IsLeader() {
+	term := r.g.Term()
+	if term == 0 {
 		return time.Time{}, nil
 	}
 	addrs := r.st.Addresses()
@@ -169,13 +178,17 @@ func (r *Reassigner) Step(ctx context.Context, now time.Time) (time.Time, error)
 	}
 	var next time.Time
 	for _, c := range append(slices.Clone(group), rest...) {
-		if free, at := r.g.Free(c, now); !free && (next.IsZero() || at.Before(next)) {
+		free, at, err := r.g.Free([]Claim{c}, term, now)
+		if err != nil {
+			return time.Time{}, nil // leadership moved on; the next term starts afresh
+		}
+		if !free && (next.IsZero() || at.Before(next)) {
 			next = at
 		}
 	}
-	okGroup, unfenceGroup := r.g.fenceIfFree(group, now, true)
+	okGroup, unfenceGroup := r.g.fenceIfFree(group, term, now, true)
 	defer unfenceGroup()
-	okRest, unfenceRest := r.g.fenceIfFree(rest, now, false)
+	okRest, unfenceRest := r.g.fenceIfFree(rest, term, now, false)
 	defer unfenceRest()
 	ok := make(map[netip.Addr]bool)
 	for _, c := range append(okGroup, okRest...) {
@@ -190,15 +203,17 @@ func (r *Reassigner) Step(ctx context.Context, now time.Time) (time.Time, error)
 	if len(out) == 0 {
 		return next, nil
 	}
-	if err := r.propose(ctx, out, cur); err != nil {
+	if err := r.propose(ctx, term, out, cur); err != nil {
 		return next, err
 	}
 	return next, nil
 }
 
-func (r *Reassigner) propose(ctx context.Context, out []*raftlbv1.Address, cur map[string]*raftlbv1.Address) error {
+// propose commits out in term; the addresses must be fenced.
+func (r *Reassigner) propose(ctx context.Context, term uint64, out []*raftlbv1.Address, cur map[string]*raftlbv1.Address) error {
+	r.g.vet(out)
 	cmd := &raftlbv1.Command{Op: &raftlbv1.Command_AssignAddresses{AssignAddresses: &raftlbv1.AssignAddresses{Addresses: out}}}
-	res, err := r.p.Propose(ctx, cmd)
+	res, err := r.p.ProposeInTerm(ctx, term, cmd)
 	if err == nil && res.GetCode() != 0 {
 		err = fsm.ResultError(res)
 	}
@@ -226,7 +241,8 @@ func (r *Reassigner) propose(ctx context.Context, out []*raftlbv1.Address, cur m
 // out, whichever comes first. It returns when the new assignment is applied
 // here, or with ctx's error. The leader only.
 func (r *Reassigner) Move(ctx context.Context, addr netip.Addr, to string) error {
-	if !r.g.IsLeader() {
+	term := r.g.Term()
+	if term == 0 {
 		return fmt.Errorf("move %s: %w", addr, ErrNotLeader)
 	}
 	if !r.canOwn(to) {
@@ -239,50 +255,57 @@ func (r *Reassigner) Move(ctx context.Context, addr netip.Addr, to string) error
 	unfence := r.g.fence(members)
 	defer unfence()
 	for {
-		cur := addressMap(r.st.Addresses())
-		var claims []Claim
-		for _, ip := range members {
-			a := cur[ip]
-			if a == nil {
-				return fmt.Errorf("move %s: %w", ip, ErrUnknownAddress)
-			}
-			if a.GetOwner() != to {
-				claims = append(claims, Claim{Address: ip, Epoch: a.GetEpoch()})
-			}
+		done, err := r.moveOnce(ctx, term, addr, members, to)
+		if done || err != nil {
+			return err
 		}
-		if len(claims) == 0 {
-			return nil
-		}
-		stop := r.g.requestRelease(claims)
-		defer stop()
-		gCh, stCh := r.g.Changed(), r.st.Changed()
-		now := r.cfg.Now()
-		var wait time.Time
-		for _, c := range claims {
-			if free, at := r.g.Free(c, now); !free && at.After(wait) {
-				wait = at
-			}
-		}
-		if wait.IsZero() {
-			out := make([]*raftlbv1.Address, len(claims))
-			byAddr := make(map[string]*raftlbv1.Address, len(claims))
-			for i, c := range claims {
-				out[i] = &raftlbv1.Address{Address: c.Address.String(), Owner: to, Epoch: c.Epoch + 1}
-				byAddr[c.Address.String()] = cur[c.Address]
-			}
-			return r.propose(ctx, out, byAddr)
-		}
-		t := time.NewTimer(max(time.Until(wait), time.Millisecond))
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return fmt.Errorf("move %s: %w", addr, ctx.Err())
-		case <-gCh:
-		case <-stCh:
-		case <-t.C:
-		}
-		t.Stop()
 	}
+}
+
+// moveOnce asks the owners of members to release them and commits the move
+// to to once every lease is surely over, or waits for something to change;
+// done reports that Move is over.
+func (r *Reassigner) moveOnce(ctx context.Context, term uint64, addr netip.Addr, members []netip.Addr, to string) (bool, error) {
+	cur := addressMap(r.st.Addresses())
+	var claims []Claim
+	for _, ip := range members {
+		a := cur[ip]
+		if a == nil {
+			return true, fmt.Errorf("move %s: %w", ip, ErrUnknownAddress)
+		}
+		if a.GetOwner() != to {
+			claims = append(claims, Claim{Address: ip, Epoch: a.GetEpoch()})
+		}
+	}
+	if len(claims) == 0 {
+		return true, nil
+	}
+	stop := r.g.requestRelease(claims)
+	defer stop()
+	gCh, stCh := r.g.Changed(), r.st.Changed()
+	free, wait, err := r.g.Free(claims, term, r.cfg.Now())
+	if err != nil {
+		return true, fmt.Errorf("move %s: %w", addr, err)
+	}
+	if free {
+		out := make([]*raftlbv1.Address, len(claims))
+		byAddr := make(map[string]*raftlbv1.Address, len(claims))
+		for i, c := range claims {
+			out[i] = &raftlbv1.Address{Address: c.Address.String(), Owner: to, Epoch: c.Epoch + 1}
+			byAddr[c.Address.String()] = cur[c.Address]
+		}
+		return true, r.propose(ctx, term, out, byAddr)
+	}
+	t := time.NewTimer(max(time.Until(wait), time.Millisecond))
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return true, fmt.Errorf("move %s: %w", addr, ctx.Err())
+	case <-gCh:
+	case <-stCh:
+	case <-t.C:
+	}
+	return false, nil
 }
 
 // Handover moves every address of director from to director to, or, when

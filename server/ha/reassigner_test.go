@@ -107,7 +107,7 @@ func TestGrantFencedDuringReassignment(t *testing.T) {
 	f := newHAFixture(t, vip("198.51.100.10", "", "d1", 2))
 	ip := mustAddr(t, "198.51.100.10")
 	f.clk.Advance(testLease + testMargin + time.Millisecond)
-	ok, unfence := f.g.fenceIfFree([]Claim{{ip, 2}}, f.clk.Now(), true)
+	ok, unfence := f.g.fenceIfFree([]Claim{{ip, 2}}, 3, f.clk.Now(), true)
 	defer unfence()
 	if len(ok) != 1 {
 		t.Fatalf("fenceIfFree = %v, want the claim", ok)
@@ -211,5 +211,58 @@ func TestMoveErrors(t *testing.T) {
 	f.g.StepDown()
 	if err := f.r.Move(ctx, mustAddr(t, "198.51.100.10"), "d2"); !errors.Is(err, ErrNotLeader) {
 		t.Errorf("move on follower = %v, want ErrNotLeader", err)
+	}
+}
+
+// TestMoveAbortsOnLeadershipLoss: a move waiting for the old lease must not
+// read a grantor that stepped down as "all free", even while the Raft node
+// would still accept the proposal: the move fails with ErrNotLeader and
+// proposes nothing.
+func TestMoveAbortsOnLeadershipLoss(t *testing.T) {
+	const a = "198.51.100.10"
+	f := newHAFixture(t, vip(a, "d1", "d1", 2))
+	ip := mustAddr(t, a)
+	f.grant(t, "d1", Claim{ip, 2})
+	f.grant(t, "d2")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- f.r.Move(ctx, ip, "d2") }()
+	eventually(t, 2*time.Second, "release request", func() bool {
+		return len(f.grant(t, "d1", Claim{ip, 2}).Release) == 1
+	})
+	f.g.StepDown()
+	if err := <-done; !errors.Is(err, ErrNotLeader) {
+		t.Fatalf("Move = %v, want ErrNotLeader", err)
+	}
+	if got := f.st.proposals(); len(got) != 0 {
+		t.Fatalf("proposed %v after losing leadership", got)
+	}
+	if owner, epoch := f.st.owner(a); owner != "d1" || epoch != 2 {
+		t.Fatalf("owner %s@%d, want d1@2", owner, epoch)
+	}
+}
+
+// TestStaleTermProposesNothing: LeaderCh folds a loss and a new win into one
+// value, so the grantor may still hold term 3's bookkeeping while Raft leads
+// term 5 (whose barrier has not run). What the reassigner judges from that
+// bookkeeping must not commit in term 5.
+func TestStaleTermProposesNothing(t *testing.T) {
+	const a = "198.51.100.10"
+	f := newHAFixture(t, vip(a, "d1", "d1", 2))
+	ip := mustAddr(t, a)
+	f.grant(t, "d1", Claim{ip, 2})
+	f.clk.Advance(testLease + testMargin + time.Millisecond)
+	f.grant(t, "d2")
+	f.leader.set(5, nil)
+	if _, err := f.r.Step(context.Background(), f.clk.Now()); !errors.Is(err, ErrNotLeader) {
+		t.Fatalf("Step = %v, want ErrNotLeader", err)
+	}
+	if err := f.r.Move(context.Background(), ip, "d2"); !errors.Is(err, ErrNotLeader) {
+		t.Fatalf("Move = %v, want ErrNotLeader", err)
+	}
+	if got := f.st.proposals(); len(got) != 0 {
+		t.Fatalf("proposed %v in a later term", got)
 	}
 }
