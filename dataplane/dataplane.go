@@ -341,6 +341,13 @@ func (d *Dataplane) attach(nl *netlink.Handle) error {
 		}
 		d.links = append(d.links, tl)
 	}
+	// TUN health probes are the director's own packets: they leave through
+	// egress, which neither XDP nor tcx ingress sees.
+	el, err := link.AttachTCX(link.TCXOptions{Interface: d.front.index, Program: d.objs.TcFrontEgress, Attach: ebpf.AttachTCXEgress})
+	if err != nil {
+		return fmt.Errorf("attach tcx egress to %s: %w", d.front.name, err)
+	}
+	d.links = append(d.links, el)
 	return nil
 }
 

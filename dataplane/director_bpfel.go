@@ -152,29 +152,31 @@ type directorSvc struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	directorMapCfg          = "cfg"
-	directorMapClockSamples = "clock_samples"
-	directorMapConns        = "conns"
-	directorMapEvents       = "events"
-	directorMapLeases       = "leases"
-	directorMapPersist      = "persist"
-	directorMapReals        = "reals"
-	directorMapReasons      = "reasons"
-	directorMapRnat         = "rnat"
-	directorMapRrCursor     = "rr_cursor"
-	directorMapRsAdjust     = "rs_adjust"
-	directorMapRsOpened     = "rs_opened"
-	directorMapRsStats      = "rs_stats"
-	directorMapServices     = "services"
-	directorMapSvcStats     = "svc_stats"
-	directorMapSvcTables    = "svc_tables"
-	directorMapVipIndex     = "vip_index"
-	directorProgClockProbe  = "clock_probe"
-	directorProgTcFront     = "tc_front"
-	directorProgTcInside    = "tc_inside"
-	directorProgXdpFront    = "xdp_front"
-	directorProgXdpInside   = "xdp_inside"
-	directorVarUnusedEvent  = "unused_event"
+	directorMapCfg            = "cfg"
+	directorMapClockSamples   = "clock_samples"
+	directorMapConns          = "conns"
+	directorMapEvents         = "events"
+	directorMapLeases         = "leases"
+	directorMapPersist        = "persist"
+	directorMapReals          = "reals"
+	directorMapReasons        = "reasons"
+	directorMapRnat           = "rnat"
+	directorMapRrCursor       = "rr_cursor"
+	directorMapRsAdjust       = "rs_adjust"
+	directorMapRsOpened       = "rs_opened"
+	directorMapRsStats        = "rs_stats"
+	directorMapServices       = "services"
+	directorMapSvcStats       = "svc_stats"
+	directorMapSvcTables      = "svc_tables"
+	directorMapTunProbes      = "tun_probes"
+	directorMapVipIndex       = "vip_index"
+	directorProgClockProbe    = "clock_probe"
+	directorProgTcFront       = "tc_front"
+	directorProgTcFrontEgress = "tc_front_egress"
+	directorProgTcInside      = "tc_inside"
+	directorProgXdpFront      = "xdp_front"
+	directorProgXdpInside     = "xdp_inside"
+	directorVarUnusedEvent    = "unused_event"
 )
 
 // loadDirector returns the embedded CollectionSpec for director.
@@ -219,11 +221,12 @@ type directorSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type directorProgramSpecs struct {
-	ClockProbe *ebpf.ProgramSpec `ebpf:"clock_probe"`
-	TcFront    *ebpf.ProgramSpec `ebpf:"tc_front"`
-	TcInside   *ebpf.ProgramSpec `ebpf:"tc_inside"`
-	XdpFront   *ebpf.ProgramSpec `ebpf:"xdp_front"`
-	XdpInside  *ebpf.ProgramSpec `ebpf:"xdp_inside"`
+	ClockProbe    *ebpf.ProgramSpec `ebpf:"clock_probe"`
+	TcFront       *ebpf.ProgramSpec `ebpf:"tc_front"`
+	TcFrontEgress *ebpf.ProgramSpec `ebpf:"tc_front_egress"`
+	TcInside      *ebpf.ProgramSpec `ebpf:"tc_inside"`
+	XdpFront      *ebpf.ProgramSpec `ebpf:"xdp_front"`
+	XdpInside     *ebpf.ProgramSpec `ebpf:"xdp_inside"`
 }
 
 // directorMapSpecs contains maps before they are loaded into the kernel.
@@ -246,6 +249,7 @@ type directorMapSpecs struct {
 	Services     *ebpf.MapSpec `ebpf:"services"`
 	SvcStats     *ebpf.MapSpec `ebpf:"svc_stats"`
 	SvcTables    *ebpf.MapSpec `ebpf:"svc_tables"`
+	TunProbes    *ebpf.MapSpec `ebpf:"tun_probes"`
 	VipIndex     *ebpf.MapSpec `ebpf:"vip_index"`
 }
 
@@ -292,6 +296,7 @@ type directorMaps struct {
 	Services     *ebpf.Map `ebpf:"services"`
 	SvcStats     *ebpf.Map `ebpf:"svc_stats"`
 	SvcTables    *ebpf.Map `ebpf:"svc_tables"`
+	TunProbes    *ebpf.Map `ebpf:"tun_probes"`
 	VipIndex     *ebpf.Map `ebpf:"vip_index"`
 }
 
@@ -313,6 +318,7 @@ func (m *directorMaps) Close() error {
 		m.Services,
 		m.SvcStats,
 		m.SvcTables,
+		m.TunProbes,
 		m.VipIndex,
 	)
 }
@@ -328,17 +334,19 @@ type directorVariables struct {
 //
 // It can be passed to loadDirectorObjects or ebpf.CollectionSpec.LoadAndAssign.
 type directorPrograms struct {
-	ClockProbe *ebpf.Program `ebpf:"clock_probe"`
-	TcFront    *ebpf.Program `ebpf:"tc_front"`
-	TcInside   *ebpf.Program `ebpf:"tc_inside"`
-	XdpFront   *ebpf.Program `ebpf:"xdp_front"`
-	XdpInside  *ebpf.Program `ebpf:"xdp_inside"`
+	ClockProbe    *ebpf.Program `ebpf:"clock_probe"`
+	TcFront       *ebpf.Program `ebpf:"tc_front"`
+	TcFrontEgress *ebpf.Program `ebpf:"tc_front_egress"`
+	TcInside      *ebpf.Program `ebpf:"tc_inside"`
+	XdpFront      *ebpf.Program `ebpf:"xdp_front"`
+	XdpInside     *ebpf.Program `ebpf:"xdp_inside"`
 }
 
 func (p *directorPrograms) Close() error {
 	return _DirectorClose(
 		p.ClockProbe,
 		p.TcFront,
+		p.TcFrontEgress,
 		p.TcInside,
 		p.XdpFront,
 		p.XdpInside,

@@ -33,6 +33,11 @@
 //     with inlined array loads; hash-map lookups are calls and cost far
 //     more. The only hash lookup of an established packet is its
 //     connection's.
+//   - TC (tcx egress) on the front interface: the director's own packets
+//     whose mark SetTunProbe registered (the health prober's TUN probes,
+//     policy-routed towards the realserver's next hop) leave
+//     IPv4-in-IPv4 to that realserver, from the front address with DF;
+//     every other packet leaves untouched.
 //   - InstallDecap/RemoveDecap: the realserver's TC decapsulation program
 //     for kernels without the ipip module.
 //

@@ -436,3 +436,66 @@ func (e *e2e) longConnection(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestE2ETunProbe: the director's own socket to a TUN VIP, marked and
+// policy-routed to a realserver as the health prober does, reaches it
+// encapsulated by the front interface's egress program (echoing bulk data
+// with checksums intact), and gets its answer straight from the VIP. With
+// the realserver's decapsulation gone, the probe fails, although the VIP is
+// still on its lo: an unencapsulated probe would have reached it.
+func TestE2ETunProbe(t *testing.T) {
+	e := setupE2E(t)
+	const mark, table = 0x52420001, "43001"
+	e.lab.IP("d", "rule", "add", "fwmark", fmt.Sprint(mark), "table", table)
+	e.lab.IP("d", "route", "add", "default", "via", rsFront(1).String(), "dev", "eth0", "onlink", "mtu", "1480", "table", table)
+	if err := e.d.SetTunProbe(mark, rsFront(1)); err != nil {
+		t.Fatal(err)
+	}
+	probe := func() (string, error) {
+		var c net.Conn
+		err := e.lab.Do("d", func() error {
+			dl := net.Dialer{Timeout: time.Second, Control: func(_, _ string, rc syscall.RawConn) error {
+				var serr error
+				if err := rc.Control(func(fd uintptr) {
+					serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_MARK, mark)
+				}); err != nil {
+					return err
+				}
+				return serr
+			}}
+			var err error
+			c, err = dl.Dial("tcp4", netip.AddrPortFrom(e2eTUN, 80).String())
+			return err
+		})
+		if err != nil {
+			return "", err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		name, err := bufio.NewReader(io.LimitReader(c, 4)).ReadString('\n')
+		if err != nil {
+			return "", fmt.Errorf("read realserver name: %w", err)
+		}
+		if err := echo(c, 64<<10); err != nil {
+			return "", err
+		}
+		return strings.TrimSpace(name), nil
+	}
+	before := counter(t, e.d, ReasonTCTxTUNProbe)
+	name, err := probe()
+	if err != nil || name != "r1" {
+		t.Fatalf("marked probe: answered by %q (%v), want r1", name, err)
+	}
+	if got := counter(t, e.d, ReasonTCTxTUNProbe); got <= before {
+		t.Errorf("tc_tx_tun_probe %d, want more than %d", got, before)
+	}
+	if n := e.csumErrors(t, "r1"); n != 0 {
+		t.Errorf("r1: TcpInCsumErrors %d", n)
+	}
+	if err := e.lab.Do("r1", func() error { return RemoveDecap("eth0", false) }); err != nil {
+		t.Fatalf("remove decap: %v", err)
+	}
+	if name, err := probe(); err == nil {
+		t.Fatalf("marked probe without decapsulation answered by %q", name)
+	}
+}

@@ -42,6 +42,7 @@ const (
 	ReasonTCTxTUN
 	ReasonTCNATICMPIn
 	ReasonTCNATICMPOut
+	ReasonTCTxTUNProbe
 	numReasons
 )
 
@@ -53,6 +54,7 @@ var reasonNames = [...]string{
 	"conn_table_full", "rnat_table_full", "event_lost", "conn_rescheduled",
 	"tc_nat_in", "tc_nat_out", "tc_pass", "tc_drop_nat_no_conn", "tc_drop_method", "decap",
 	"xdp_pass_oversize", "tc_tx_dr", "tc_tx_tun", "tc_nat_icmp_in", "tc_nat_icmp_out",
+	"tc_tx_tun_probe",
 }
 
 func (r Reason) String() string {

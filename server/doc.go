@@ -51,20 +51,24 @@
 // Config.AgentTimeout. When a realserver goes DOWN in a service whose
 // failure policy is reschedule or drop, the state machine drops its
 // replicated connections and each director its local entries; their next
-// packets are scheduled afresh (a TCP peer then sees a reset). DR
+// packets are scheduled afresh (a TCP peer then sees a reset). DR and TUN
 // realservers are probed through their forwarding path (pathdialer.go):
-// probe sockets carry a mark (0x52420000 + slot) that a rule at priority
-// 4300 sends to a table (43000 + slot) whose default route goes via the
-// realserver, on-link on the front interface, so the probe reaches the
-// realserver's MAC addressed to the VIP, as forwarded traffic does. The
-// director owns those rules and tables, removes them when its checks stop
-// and those a crashed run left at start. The realserver answers the
-// director from the VIP, which a strict reverse-path filter on the front
-// interface would drop: with rp_filter=1 DR targets are probed on their own
-// addresses instead (logged). TUN targets are probed on their own
-// addresses (encapsulating the director's own packets needs an ipip
-// device, which the kernel may lack), NAT targets through the inside
-// network, which is their forwarding path.
+// probe sockets connect to the VIP and carry a mark (0x52420000 + slot)
+// that a rule at priority 4300 sends to a table (43000 + slot) whose
+// default route leaves the front interface. For DR it goes via the
+// realserver, on-link, so the probe reaches the realserver's MAC addressed
+// to the VIP, as forwarded traffic does. For TUN it goes via the
+// realserver's next hop with an MTU 20 bytes short, and the dataplane's TC
+// egress program on the front interface encapsulates packets with that
+// mark (IPv4-in-IPv4 from the front address to the realserver, DF set,
+// registered with SetTunProbe before the rule exists), so no ipip device
+// is needed. The director owns those rules and tables, removes them when
+// its checks stop and those a crashed run left at start. The realserver
+// answers the director from the VIP, which a strict reverse-path filter on
+// the front interface would drop: with rp_filter=1 DR and TUN targets are
+// probed on their own addresses instead (logged), as TUN targets are with a
+// dataplane that cannot encapsulate. NAT targets are probed through the
+// inside network, which is their forwarding path.
 //
 // High availability (ha_wiring.go, connsync.go) wires server/ha in: on
 // every node a lease Grantor, which grants only while this node leads a

@@ -20,8 +20,9 @@ const healthTick = time.Second
 //
 // Every full director probes every realserver of every service that has a
 // check (server/health), so a director taking a VIP over already has a
-// fresh view. With a packet path, DR realservers are probed through their
-// forwarding path (pathDialer); TUN and NAT ones on their own addresses. Only the current owner of a service's VIP proposes verdicts
+// fresh view. With a packet path, DR and TUN realservers are probed through
+// their forwarding path (pathDialer); NAT ones on their own addresses. Only
+// the current owner of a service's VIP proposes verdicts
 // for it, so two directors that see a realserver differently never
 // flip-flop the replicated state; a new owner without a view of its own yet
 // (Unknown) proposes nothing for that realserver until it has one.
@@ -41,7 +42,7 @@ type healthLoop struct {
 	write   time.Duration // WriteTimeout, per proposal
 	log     *slog.Logger
 	kick    chan struct{}
-	// path proves DR targets' forwarding path; nil without a packet path,
+	// path proves DR and TUN targets' forwarding path; nil without a packet path,
 	// when probes go straight to each realserver's own address.
 	path *pathDialer
 }
@@ -64,8 +65,9 @@ func (d *Director) runHealth(ctx context.Context) {
 		kick:    make(chan struct{}, 1),
 	}
 	var dialer health.Dialer = &health.DirectDialer{}
-	if d.packetPath() != nil && d.cfg.Iface != "" {
-		h.path = newPathDialer(d.cfg.Iface, d.base)
+	if pp := d.packetPath(); pp != nil && d.cfg.Iface != "" {
+		tun, _ := pp.dp.(tunProber) // a dataplane without it: TUN probed directly
+		h.path = newPathDialer(d.cfg.Iface, tun, d.base)
 		dialer = h.path
 		defer h.path.close()
 	}
@@ -102,13 +104,7 @@ func (h *healthLoop) run(ctx context.Context) {
 		targets := healthTargets(svcs, h.log)
 		h.checker.Update(targets)
 		if h.path != nil {
-			dr := make(map[netip.Addr]bool)
-			for t := range targets {
-				if t.Method == health.MethodDR {
-					dr[t.Address] = true
-				}
-			}
-			h.path.forget(dr)
+			h.path.forget(targets)
 		}
 		h.step(ctx, svcs, time.Now())
 		select {

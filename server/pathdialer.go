@@ -16,59 +16,93 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/raftlb/raftlb/dataplane"
 	"github.com/raftlb/raftlb/server/health"
 )
 
-// Policy routing of path-proving probes. Each DR realserver probed through
-// its forwarding path gets a slot i: probe sockets carry the mark
+// Policy routing of path-proving probes. Each DR or TUN realserver probed
+// through its forwarding path gets a slot i: probe sockets carry the mark
 // probeMarkBase+i, a rule at probeRulePriority sends that mark to table
-// probeTableBase+i, and the table's one route is a default route via the
-// realserver's address, on-link on the front interface. The director owns
-// every rule at that priority whose table is in its range, and removes them
-// at start (after a crash) and when its checks stop.
+// probeTableBase+i, and the table's one route is a default route on the
+// front interface: for DR via the realserver's address, on-link; for TUN
+// via the realserver's next hop, with room for the outer header in its
+// MTU, and the dataplane encapsulates packets with the mark to the
+// realserver. The director owns every rule at that priority whose table
+// is in its range, and removes them at start (after a crash) and when its
+// checks stop.
 const (
 	probeRulePriority = 4300
 	probeTableBase    = 43000
 	probeMarkBase     = 0x52420000
 	probeSlots        = 4096
+	ipipOverhead      = 20
 )
 
-// pathDialer proves the forwarding path of DR targets, Seesaw-style: it
-// connects to the VIP itself, and policy routing hands exactly those
-// packets to the target's MAC, as the dataplane forwards a client's. The
-// realserver answers only if it accepts traffic for the VIP (the VIP on lo,
-// which a broken agent leaves out), and answers the director straight from
-// the VIP, as it answers clients. TUN targets are probed on their own
-// address: encapsulating the director's own packets needs an ipip device,
-// which the kernel may lack. NAT targets are on the inside network, where
-// the realserver's own address is the forwarding path. When the front
-// interface's reverse-path filter is strict, the VIP's answers would be
-// dropped, so DR targets are probed directly too (logged once).
+// tunProber is the dataplane's encapsulation of marked TUN probes
+// (*dataplane.Dataplane implements it).
+type tunProber interface {
+	SetTunProbe(mark uint32, rs netip.Addr) error
+	DeleteTunProbe(mark uint32) error
+}
+
+var _ tunProber = (*dataplane.Dataplane)(nil)
+
+// probeKey names a slot: the same address may be DR in one service and TUN
+// in another, and the two paths differ.
+type probeKey struct {
+	addr netip.Addr
+	tun  bool
+}
+
+// pathDialer proves the forwarding path of DR and TUN targets,
+// Seesaw-style: it connects to the VIP itself, and policy routing hands
+// exactly those packets to the target's MAC (DR), or to its next hop with
+// the dataplane's TC egress program encapsulating them to the target
+// (TUN), as the dataplane forwards a client's. No ipip device is needed.
+// The realserver answers only if it accepts traffic for the VIP (the VIP on
+// lo, and decapsulation for TUN, which a broken agent leaves out), and
+// answers the director straight from the VIP, as it answers clients. NAT
+// targets are on the inside network, where the realserver's own address is
+// the forwarding path. Without the dataplane's encapsulation, TUN targets
+// are probed on their own addresses. When the front interface's
+// reverse-path filter is strict, the VIP's answers would be dropped, so DR
+// and TUN targets are probed directly too (logged once).
 type pathDialer struct {
 	iface  string
 	log    *slog.Logger
 	direct health.DirectDialer
+	tun    tunProber // nil: TUN targets are probed directly
 
 	mu      sync.Mutex
 	nl      *netlink.Handle
 	link    netlink.Link
-	slots   map[netip.Addr]int // realserver -> slot
+	slots   map[probeKey]int
 	free    []int
 	strict  bool // reverse-path filter forbids it: probe directly
 	initErr error
 	inited  bool
 }
 
-func newPathDialer(iface string, log *slog.Logger) *pathDialer {
-	return &pathDialer{iface: iface, log: log.With("component", "health-path"), slots: make(map[netip.Addr]int)}
+func newPathDialer(iface string, tun tunProber, log *slog.Logger) *pathDialer {
+	return &pathDialer{iface: iface, tun: tun, log: log.With("component", "health-path"), slots: make(map[probeKey]int)}
+}
+
+// pathProbed reports whether t's probes take its forwarding path, and how.
+func (p *pathDialer) pathProbed(t health.Target) (probeKey, bool) {
+	k := probeKey{addr: t.Address, tun: t.Method == health.MethodTUN}
+	if !t.Service.VIP.Is4() || !t.Address.Is4() {
+		return k, false
+	}
+	return k, t.Method == health.MethodDR || (k.tun && p.tun != nil)
 }
 
 // DialContext implements health.Dialer.
 func (p *pathDialer) DialContext(ctx context.Context, network string, t health.Target, port uint16) (net.Conn, error) {
-	if t.Method != health.MethodDR || !t.Service.VIP.Is4() || !t.Address.Is4() {
+	key, ok := p.pathProbed(t)
+	if !ok {
 		return p.direct.DialContext(ctx, network, t, port)
 	}
-	mark, ok, err := p.route(t.Address)
+	mark, ok, err := p.route(key)
 	if err != nil {
 		return nil, err
 	}
@@ -94,44 +128,80 @@ func (p *pathDialer) DialContext(ctx context.Context, network string, t health.T
 	return conn, nil
 }
 
-// route returns the mark that steers a probe to rs, setting up its rule
-// and table the first time; false means probe directly.
-func (p *pathDialer) route(rs netip.Addr) (uint32, bool, error) {
+// route returns the mark that steers a probe to k, setting up its rule
+// and table (and for TUN its encapsulation) the first time; false means
+// probe directly.
+func (p *pathDialer) route(k probeKey) (uint32, bool, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if !p.inited {
 		p.inited = true
 		p.initErr = p.init()
 		if p.initErr != nil {
-			p.log.Warn("probing DR realservers on their own addresses", "err", p.initErr)
+			p.log.Warn("probing DR and TUN realservers on their own addresses", "err", p.initErr)
 		}
 	}
 	if p.initErr != nil || p.strict {
 		return 0, false, nil
 	}
-	if i, ok := p.slots[rs]; ok {
+	if i, ok := p.slots[k]; ok {
 		return probeMarkBase + uint32(i), true, nil
 	}
 	if len(p.free) == 0 {
 		return 0, false, nil
 	}
 	i := p.free[len(p.free)-1]
+	mark := probeMarkBase + uint32(i)
 	route := &netlink.Route{
 		LinkIndex: p.link.Attrs().Index,
-		Gw:        net.IP(rs.AsSlice()),
+		Gw:        net.IP(k.addr.AsSlice()),
 		Table:     probeTableBase + i,
 		Flags:     int(netlink.FLAG_ONLINK),
 	}
+	if k.tun {
+		hop, err := p.nextHop(k.addr)
+		if err != nil {
+			return 0, false, err
+		}
+		route.Gw = net.IP(hop.AsSlice())
+		// The kernel then sizes segments (and the MSS) for the tunnel.
+		route.MTU = p.link.Attrs().MTU - ipipOverhead
+		// Before the rule exists: a marked probe must never leave bare.
+		if err := p.tun.SetTunProbe(mark, k.addr); err != nil {
+			return 0, false, fmt.Errorf("set tun probe for %s: %w", k.addr, err)
+		}
+	}
 	if err := p.nl.RouteReplace(route); err != nil {
-		return 0, false, fmt.Errorf("add probe route via %s: %w", rs, err)
+		p.delSlot(i, k.tun)
+		return 0, false, fmt.Errorf("add probe route for %s: %w", k.addr, err)
 	}
 	rule := p.rule(i)
 	if err := p.nl.RuleAdd(rule); err != nil && !errors.Is(err, unix.EEXIST) {
-		return 0, false, fmt.Errorf("add probe rule for %s: %w", rs, err)
+		p.delSlot(i, k.tun)
+		return 0, false, fmt.Errorf("add probe rule for %s: %w", k.addr, err)
 	}
 	p.free = p.free[:len(p.free)-1]
-	p.slots[rs] = i
-	return probeMarkBase + uint32(i), true, nil
+	p.slots[k] = i
+	return mark, true, nil
+}
+
+// nextHop is the front interface's next hop towards rs, as the dataplane
+// finds it for forwarded TUN traffic.
+func (p *pathDialer) nextHop(rs netip.Addr) (netip.Addr, error) {
+	routes, err := p.nl.RouteGet(net.IP(rs.AsSlice()))
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("get route to %s: %w", rs, err)
+	}
+	if len(routes) == 0 {
+		return netip.Addr{}, fmt.Errorf("get route to %s: no route", rs)
+	}
+	if routes[0].LinkIndex != p.link.Attrs().Index {
+		return netip.Addr{}, fmt.Errorf("get route to %s: leaves through ifindex %d, not %s", rs, routes[0].LinkIndex, p.iface)
+	}
+	if gw, ok := netip.AddrFromSlice(routes[0].Gw.To4()); ok && !gw.IsUnspecified() {
+		return gw, nil
+	}
+	return rs, nil
 }
 
 func (p *pathDialer) rule(i int) *netlink.Rule {
@@ -160,7 +230,7 @@ func (p *pathDialer) init() error {
 	p.nl, p.link = nl, link
 	if rpFilter("all") == 1 || rpFilter(p.iface) == 1 {
 		p.strict = true
-		p.log.Warn("strict reverse-path filter on the front interface drops the VIP's answers to probes; probing DR realservers on their own addresses", "iface", p.iface)
+		p.log.Warn("strict reverse-path filter on the front interface drops the VIP's answers to probes; probing DR and TUN realservers on their own addresses", "iface", p.iface)
 	}
 	p.removeStale()
 	for i := probeSlots - 1; i >= 0; i-- {
@@ -193,14 +263,26 @@ func (p *pathDialer) removeStale() {
 		if r.Priority != probeRulePriority || r.Table < probeTableBase || r.Table >= probeTableBase+probeSlots {
 			continue
 		}
-		p.delSlot(r.Table - probeTableBase)
+		// The dataplane's encapsulations died with the previous run.
+		p.delSlot(r.Table-probeTableBase, false)
 	}
 }
 
-func (p *pathDialer) delSlot(i int) {
+func (p *pathDialer) delSlot(i int, tun bool) {
 	if err := p.nl.RuleDel(p.rule(i)); err != nil && !errors.Is(err, unix.ENOENT) {
 		p.log.Warn("delete probe rule", "table", probeTableBase+i, "err", err)
 	}
+	// After the rule: a marked packet either is encapsulated or takes no
+	// probe route at all.
+	defer func() {
+		if !tun {
+			return
+		}
+		// A closed dataplane has no encapsulations left to delete.
+		if err := p.tun.DeleteTunProbe(probeMarkBase + uint32(i)); err != nil && !errors.Is(err, dataplane.ErrClosed) {
+			p.log.Warn("delete tun probe", "mark", probeMarkBase+i, "err", err)
+		}
+	}()
 	routes, err := p.nl.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: probeTableBase + i}, netlink.RT_FILTER_TABLE)
 	if err != nil {
 		p.log.Warn("list probe routes", "table", probeTableBase+i, "err", err)
@@ -214,16 +296,22 @@ func (p *pathDialer) delSlot(i int) {
 }
 
 // forget releases the slots of realservers no longer probed through their
-// path.
-func (p *pathDialer) forget(keep map[netip.Addr]bool) {
+// path: those of targets not in keep.
+func (p *pathDialer) forget(keep map[health.Target]health.Check) {
+	want := make(map[probeKey]bool)
+	for t := range keep {
+		if k, ok := p.pathProbed(t); ok {
+			want[k] = true
+		}
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for rs, i := range p.slots {
-		if keep[rs] {
+	for k, i := range p.slots {
+		if want[k] {
 			continue
 		}
-		p.delSlot(i)
-		delete(p.slots, rs)
+		p.delSlot(i, k.tun)
+		delete(p.slots, k)
 		p.free = append(p.free, i)
 	}
 }

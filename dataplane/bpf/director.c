@@ -4,6 +4,7 @@
  * for owned addresses and forwards DR and TUN services; NAT services go up
  * to the TC programs, which translate and redirect with neighbour
  * resolution. XDP on the inside interface answers for the NAT gateway.
+ * TC egress on the front interface encapsulates TUN health probes.
  * Everything addressed to an owned address is either handled or dropped.
  */
 #include "lb.h"
@@ -893,6 +894,66 @@ int tc_inside(struct __sk_buff *skb)
 	}
 	count(R_TC_NAT_OUT);
 	return bpf_redirect_neigh(c->front_ifindex, NULL, 0, 0);
+}
+
+/* Health probes of TUN realservers, by socket mark: the director's own
+ * packets to a VIP, which policy routing already sends towards the
+ * realserver's next hop, leave encapsulated to that realserver, as
+ * forwarded traffic does (Seesaw's marked probes). The prober fills it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_TUN_PROBES);
+	__type(key, __u32);   /* skb mark */
+	__type(value, __be32); /* realserver */
+} tun_probes SEC(".maps");
+
+SEC("tc")
+int tc_front_egress(struct __sk_buff *skb)
+{
+	__u32 need = ETH_HLEN + sizeof(struct iphdr), mark = skb->mark, len;
+	struct iphdr *in, outer = {};
+	void *data, *data_end;
+	struct config *c;
+	__be32 *rs;
+
+	/* Everything but probes leaves untouched, at the cost of one test. */
+	if (!mark)
+		return TC_ACT_OK;
+	rs = bpf_map_lookup_elem(&tun_probes, &mark);
+	if (!rs || skb->protocol != bpf_htons(ETH_P_IP))
+		return TC_ACT_OK;
+	if ((void *)(long)skb->data + need > (void *)(long)skb->data_end)
+		bpf_skb_pull_data(skb, need);
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	in = data + ETH_HLEN;
+	if ((void *)(in + 1) > data_end || in->version != 4 || in->protocol == IPPROTO_IPIP)
+		return TC_ACT_OK;
+	c = get_cfg();
+	/* A probe must never leave unencapsulated: it would reach the VIP on
+	 * whatever host the next hop is, proving nothing. */
+	if (!c || !c->front_addr) {
+		count(R_DROP_ERROR);
+		return TC_ACT_SHOT;
+	}
+	len = bpf_ntohs(in->tot_len) + sizeof(outer);
+	outer.version = 4;
+	outer.ihl = 5;
+	outer.tos = in->tos;
+	outer.tot_len = bpf_htons(len > 0xffff ? 0xffff : len); /* as in tc_forward */
+	outer.frag_off = bpf_htons(IP_DF); /* as in xdp_tun */
+	outer.ttl = 64;
+	outer.protocol = IPPROTO_IPIP;
+	outer.saddr = c->front_addr;
+	outer.daddr = *rs;
+	outer.check = ip_csum(&outer);
+	if (bpf_skb_adjust_room(skb, sizeof(outer), BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4) ||
+	    bpf_skb_store_bytes(skb, ETH_HLEN, &outer, sizeof(outer), 0)) {
+		count(R_DROP_ERROR);
+		return TC_ACT_SHOT;
+	}
+	count(R_TC_TX_TUN_PROBE);
+	return TC_ACT_OK;
 }
 
 /* Run once per load through BPF_PROG_TEST_RUN: pairs jiffies with the

@@ -24,6 +24,8 @@
 #define MAX_OWNED 512
 /* Upper bound of the least-connection scan; Go refuses larger candidate sets. */
 #define MAX_LC_CANDIDATES 128
+/* Realservers whose health probes are encapsulated (tun_probes). */
+#define MAX_TUN_PROBES 4096
 /* The address index: buckets (a power of two) of IDX_WAYS keys each; a key
  * lives in one of two buckets. Sized so that every service and owned
  * address fits with room to spare. */
@@ -140,6 +142,7 @@ enum reason {
 	R_TC_TX_TUN,
 	R_TC_NAT_ICMP_IN,
 	R_TC_NAT_ICMP_OUT,
+	R_TC_TX_TUN_PROBE,
 	R_REASON_MAX,
 };
 

@@ -115,11 +115,63 @@ func TestHealthChecks(t *testing.T) {
 	}
 }
 
+// TestHealthChecksTUN: the probes of a TUN realserver go to the VIP through the
+// tunnel, encapsulated by the director's dataplane, so one that answers on its own
+// address but no longer takes the VIP's traffic (its agent gone and the VIP off its
+// lo) is down within interval×fall, long before its agent's silence would count.
+func TestHealthChecksTUN(t *testing.T) {
+	t.Parallel()
+	l := upLab(t, "rlbht-", lab.UpOptions{StartDirectors: true, StartBackends: true, StartAgents: true})
+	l.waitAgentsRegistered()
+	l.mustCLI("service", "add", "--vip", vipTUN, "--port", "80", "--scheduler", "rr",
+		"--health", "http", "--health-path", "/", "--health-interval", healthInterval.String(),
+		"--health-timeout", "300ms", "--rise", fmt.Sprint(healthRise), "--fall", fmt.Sprint(healthFall))
+	for _, name := range realservers {
+		h, err := lab.LookupHost(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.mustCLI("realserver", "add", "--vip", vipTUN, "--port", "80", "--address", h.Front.String(), "--method", "tun")
+	}
+	eventually(t, 30*time.Second, "every TUN realserver is up", func() error {
+		return l.wantHealthOf(vipTUN, map[string]raftlbv1.HealthState{})
+	})
+	l.waitGETs(vipTUN, realservers)
+
+	rs3, err := lab.LookupHost("rs3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.kill(lab.AgentName("rs3"))
+	if _, err := l.Exec(l.ctx, "rs3", "ip", "addr", "del", vipTUN+"/32", "dev", "lo"); err != nil {
+		t.Fatal(err)
+	}
+	broken := time.Now()
+	eventually(t, healthInterval*healthFall+healthMargin, "rs3, without the VIP, is marked down", func() error {
+		return l.wantHealthOf(vipTUN, map[string]raftlbv1.HealthState{rs3.Front.String(): raftlbv1.HealthState_HEALTH_STATE_DOWN})
+	})
+	t.Logf("rs3 down %v after its VIP went", time.Since(broken).Round(10*time.Millisecond))
+	if name, err := l.get(rs3.Front.String()); err != nil || name != "rs3" {
+		t.Fatalf("rs3's own address: answered by %q (%v), want rs3", name, err)
+	}
+	if _, err := l.StartAgent(raftlbBin, "rs3"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, healthInterval*healthRise+healthMargin+5*time.Second, "rs3, its VIP restored by the agent, is up", func() error {
+		return l.wantHealthOf(vipTUN, map[string]raftlbv1.HealthState{})
+	})
+}
+
 // wantHealth checks the DR service's replicated verdicts: the realservers named in
 // want have that state, every other one is up.
 func (l *testLab) wantHealth(want map[string]raftlbv1.HealthState) error {
+	return l.wantHealthOf(vipDR, want)
+}
+
+// wantHealthOf is wantHealth for the service on vip, port 80.
+func (l *testLab) wantHealthOf(vip string, want map[string]raftlbv1.HealthState) error {
 	var r raftlbv1.GetServiceResponse
-	if err := l.getJSON(&r, "service", "get", "--vip", vipDR, "--port", "80"); err != nil {
+	if err := l.getJSON(&r, "service", "get", "--vip", vip, "--port", "80"); err != nil {
 		return err
 	}
 	for _, rs := range r.GetService().GetRealservers() {

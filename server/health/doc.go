@@ -49,7 +49,8 @@
 // targets, connects to the VIP and has the dataplane steer those marked
 // packets to exactly this realserver by the target's method, as Seesaw does
 // with marked health-check packets; Target carries the service key and method
-// for that purpose (the director's does so for DR targets with policy routing
-// of marked probe sockets; see package server). NAT targets are reached
+// for that purpose (the director's does so for DR and TUN targets with policy
+// routing of marked probe sockets, TUN ones encapsulated by the dataplane; see
+// package server). NAT targets are reached
 // directly through the inside network either way.
 package health
