@@ -143,7 +143,7 @@ func (l *haLab) killAndMeasure(tb testing.TB, p *probe, id string) time.Duration
 	l.waitGone(id)
 	l.restart(id)
 	eventually(tb, 20*time.Second, id+" installs the probe's flow", func() error {
-		cs, err := l.connections(id, probeVIP)
+		cs, err := l.connections(id, probeVIP, 0)
 		if err != nil {
 			return err
 		}
@@ -359,5 +359,159 @@ func BenchmarkConnectionSurvival(b *testing.B) {
 			b.ReportMetric(100*float64(t.oldOK)/float64(t.old), "old-survived-%")
 			b.ReportMetric(100*float64(t.youngOK)/float64(t.young), "young-survived-%")
 		})
+	}
+}
+
+// BenchmarkConnSyncLab opens TCP connections from the client through the mh DR
+// service's VIP as fast as connSyncDialers concurrent dialers manage, for at most
+// connSyncOpenFor and at most connSyncMaxConns (fewer if the file descriptor limit
+// is lower), holds them all open and polls the standby director's table until it
+// holds at least 99% of them. Reported: conns/s (connections established per second
+// through the owner), standby-lag-ms (from the last connection established until a
+// poll of the standby saw 99% of them; the poll's own duration included) and
+// replicated-% (share of the connections the standby held at the end).
+func BenchmarkConnSyncLab(b *testing.B) {
+	vip := schedulerVIPs[0].vip // mh
+	l := upLab(b, "rlbfc-", nil, addBenchServices, vip)
+	owner, _ := l.ownerAndLeader(vip)
+	standby := map[string]string{"d1": "d2", "d2": "d1"}[owner]
+	if standby == "" {
+		b.Fatalf("%s is owned by %q, not a director", vip, owner)
+	}
+
+	limit := connSyncMaxConns
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err == nil && int(rl.Cur)-2000 < limit {
+		limit = max(int(rl.Cur)-2000, 100) // leave descriptors for the lab's own use
+	}
+	held := l.openConns(vip, limit)
+	if len(held.ports) == 0 {
+		b.Fatalf("no connection to %s established (%d dial errors, first: %v)", vip, held.failed, held.firstErr)
+	}
+	elapsed := held.last.Sub(held.first)
+	b.Logf("%d connections held to %s through %s in %v (%d dial errors, first: %v)",
+		len(held.ports), vip, owner, elapsed, held.failed, held.firstErr)
+
+	// Poll the standby until it holds 99% of the connections.
+	want := (len(held.ports)*99 + 99) / 100
+	var got, polls int
+	var reached time.Time
+	var pollTime time.Duration
+	deadline := time.Now().Add(connSyncWait)
+	for time.Now().Before(deadline) {
+		start := time.Now()
+		cs, err := l.connections(standby, vip, len(held.ports)+1000)
+		pollTime += time.Since(start)
+		polls++
+		if err == nil {
+			got = 0
+			for _, c := range cs {
+				if _, ok := held.ports[uint16(c.GetClientPort())]; ok {
+					got++
+				}
+			}
+			if got >= want {
+				reached = time.Now()
+				break
+			}
+		}
+		time.Sleep(20 * time.Millisecond) // poll interval under a deadline
+	}
+	b.Logf("standby %s holds %d of %d after %d polls of %v on average", standby, got, len(held.ports), polls,
+		(pollTime / time.Duration(max(polls, 1))).Round(time.Millisecond))
+	b.ReportMetric(float64(len(held.ports))/elapsed.Seconds(), "conns/s")
+	lag := connSyncWait
+	if !reached.IsZero() {
+		lag = reached.Sub(held.last)
+	} else {
+		b.Logf("the standby did not hold 99%% within %v", connSyncWait)
+	}
+	b.ReportMetric(float64(lag.Microseconds())/1000, "standby-lag-ms")
+	b.ReportMetric(100*float64(got)/float64(len(held.ports)), "replicated-%")
+}
+
+// The bounds of BenchmarkConnSyncLab's connection burst and of its wait for the
+// standby.
+const (
+	connSyncDialers  = 64
+	connSyncOpenFor  = 5 * time.Second
+	connSyncMaxConns = 50000
+	connSyncWait     = 10 * time.Second
+)
+
+// heldConns are connections kept open until the benchmark's cleanup.
+type heldConns struct {
+	ports       map[uint16]struct{} // the client's ports
+	first, last time.Time           // first dial started, last connection established
+	failed      int                 // dials that failed before the burst's deadline
+	firstErr    error               // the first of them
+}
+
+// openConns opens up to n TCP connections from the client to vip's echo port with
+// connSyncDialers dialers for at most connSyncOpenFor and keeps them open until
+// cleanup. Each dialer stays in the client's namespace for all its dials.
+func (l *haLab) openConns(vip string, n int) *heldConns {
+	l.tb.Helper()
+	addr := netip.AddrPortFrom(netip.MustParseAddr(vip), lab.BackendEchoPort).String()
+	ctx, cancel := context.WithTimeout(l.ctx, connSyncOpenFor)
+	defer cancel()
+	var (
+		mu    sync.Mutex
+		conns []net.Conn
+		h     = &heldConns{ports: make(map[uint16]struct{}, n)}
+		wg    sync.WaitGroup
+	)
+	l.tb.Cleanup(func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	h.first = time.Now()
+	for range connSyncDialers {
+		wg.Go(func() {
+			err := l.InNS("client", func() error {
+				var d net.Dialer
+				// The dial's own deadline may pass before ctx reports it.
+				end, _ := ctx.Deadline()
+				for ctx.Err() == nil && time.Now().Before(end) {
+					mu.Lock()
+					full := len(conns) >= n
+					mu.Unlock()
+					if full {
+						return nil
+					}
+					c, err := d.DialContext(ctx, "tcp4", addr)
+					now := time.Now()
+					mu.Lock()
+					if err != nil {
+						if ctx.Err() == nil && now.Before(end) {
+							h.fail(err)
+						}
+					} else if len(conns) >= n {
+						c.Close() // another dialer filled the last slot
+					} else {
+						conns = append(conns, c)
+						h.ports[uint16(c.LocalAddr().(*net.TCPAddr).Port)] = struct{}{}
+						h.last = now
+					}
+					mu.Unlock()
+				}
+				return nil
+			})
+			if err != nil {
+				mu.Lock()
+				h.fail(err)
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	return h
+}
+
+func (h *heldConns) fail(err error) {
+	h.failed++
+	if h.firstErr == nil {
+		h.firstErr = err
 	}
 }

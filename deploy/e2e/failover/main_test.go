@@ -328,10 +328,11 @@ func (l *haLab) restart(id string) {
 	})
 }
 
-// connections returns the connection table of director host.
-func (l *haLab) connections(host, vip string) ([]*raftlbv1.Connection, error) {
+// connections returns director host's entries for vip, at most limit of them (the
+// API's default if 0).
+func (l *haLab) connections(host, vip string, limit int) ([]*raftlbv1.Connection, error) {
 	var r raftlbv1.ListConnectionsResponse
-	if err := l.getJSON(host, &r, "conns", "list", "--vip", vip); err != nil {
+	if err := l.getJSON(host, &r, "conns", "list", "--vip", vip, "--limit", fmt.Sprint(limit)); err != nil {
 		return nil, err
 	}
 	return r.GetConnections(), nil
@@ -347,7 +348,7 @@ func (l *haLab) waitReplicated(host string, streams []*echoStream) {
 			if _, ok := byVIP[s.vip]; ok {
 				continue
 			}
-			cs, err := l.connections(host, s.vip)
+			cs, err := l.connections(host, s.vip, 0)
 			if err != nil {
 				return err
 			}
