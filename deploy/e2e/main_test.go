@@ -165,12 +165,11 @@ func (l *testLab) waitAgentsRegistered() {
 // waitProcessGone waits until the recorded process name no longer runs.
 func (l *testLab) waitProcessGone(name string) {
 	l.tb.Helper()
-	eventually(l.tb, 10*time.Second, name+" exits", func() error {
-		if err := l.Signal(name, 0); !errors.Is(err, os.ErrProcessDone) {
-			return fmt.Errorf("still running (probe: %v)", err)
-		}
-		return nil
-	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := l.WaitExited(ctx, name); err != nil {
+		l.tb.Fatal(err)
+	}
 }
 
 // kill sends SIGKILL to the recorded process name and waits until it is gone.

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // Proc is a long-running process started in a lab namespace by Start. It leads its own
@@ -145,6 +146,27 @@ func (l *Lab) Signal(name string, sig syscall.Signal) error {
 		return fmt.Errorf("signal %s: %w", name, err)
 	}
 	return nil
+}
+
+// WaitExited waits until the process recorded under name no longer runs (a test
+// that killed a director waits here before it restarts it), or ctx ends.
+func (l *Lab) WaitExited(ctx context.Context, name string) error {
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		err := l.Signal(name, 0)
+		if errors.Is(err, os.ErrProcessDone) {
+			return nil
+		}
+		if err != nil && !errors.Is(err, syscall.EPERM) {
+			return fmt.Errorf("wait for %s to exit: %w", name, err)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait for %s to exit: %w", name, ctx.Err())
+		case <-tick.C:
+		}
+	}
 }
 
 func (l *Lab) pidDir() string             { return filepath.Join(l.Dir, "pids") }

@@ -2,7 +2,6 @@ package failover
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -289,12 +288,11 @@ func (l *haLab) signal(name string, sig syscall.Signal) {
 // waitGone waits until the recorded process name no longer runs.
 func (l *haLab) waitGone(name string) {
 	l.tb.Helper()
-	eventually(l.tb, 15*time.Second, name+" exits", func() error {
-		if err := l.Signal(name, 0); !errors.Is(err, os.ErrProcessDone) {
-			return fmt.Errorf("still running (probe: %v)", err)
-		}
-		return nil
-	})
+	ctx, cancel := context.WithTimeout(l.ctx, 15*time.Second)
+	defer cancel()
+	if err := l.WaitExited(ctx, name); err != nil {
+		l.tb.Fatal(err)
+	}
 }
 
 // restart starts director id again with its data directory and waits until it has
