@@ -111,11 +111,22 @@ func (h *healthLoop) run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-changed:
+			// Rebuilding copies every service: under a burst of writes, rebuild at
+			// most every healthCoalesce instead of once per committed entry.
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(healthCoalesce):
+			}
 		case <-h.kick:
 		case <-t.C:
 		}
 	}
 }
+
+// healthCoalesce bounds how often a burst of replicated changes rebuilds the
+// probe targets; a new check starts at most this much later.
+const healthCoalesce = 100 * time.Millisecond
 
 // healthTargets are the realservers of every service with a check.
 func healthTargets(svcs []*raftlbv1.VirtualService, log *slog.Logger) map[health.Target]health.Check {

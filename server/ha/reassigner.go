@@ -130,12 +130,23 @@ func (r *Reassigner) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-stCh:
+			// A Step reads every service; under a burst of writes (connection
+			// batches, API calls) step at most every stepCoalesce, which is small
+			// next to a lease.
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(stepCoalesce):
+			}
 		case <-gCh:
 		case <-r.kickC:
 		case <-t.C:
 		}
 	}
 }
+
+// stepCoalesce bounds how often replicated changes trigger a Step.
+const stepCoalesce = 20 * time.Millisecond
 
 // Step proposes one AssignAddresses for every address whose owner is lost
 // (or released it) and whose old lease has surely run out. It returns when
