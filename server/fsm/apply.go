@@ -62,6 +62,15 @@ func (t *txn) apply() (*raftlbv1.Result, error) {
 
 // preferredOwner checks a requested preferred owner: empty, or a director
 // that may own addresses.
+// service finds the service a realserver command addresses.
+func (t *txn) service(k svcKey) (*service, error) {
+	sv, ok := t.s.services[k]
+	if !ok {
+		return nil, notFound("service", "service %s not found", k)
+	}
+	return sv, nil
+}
+
 func (t *txn) preferredOwner(field, id string) error {
 	if id == "" {
 		return nil
@@ -182,9 +191,9 @@ func realserverFor(k svcKey, in *raftlbv1.Realserver) (rsKey, *raftlbv1.Realserv
 // (LVS semantics), so callers that mean "default" must send 1.
 func (t *txn) addRealserver(r *raftlbv1.AddRealserverRequest) (*raftlbv1.Result, error) {
 	k, _ := keyOf(r.GetService())
-	sv, ok := t.s.services[k]
-	if !ok {
-		return nil, notFound("service", "service %s not found", k)
+	sv, err := t.service(k)
+	if err != nil {
+		return nil, err
 	}
 	rk, rs := realserverFor(k, r.GetRealserver())
 	if _, ok := sv.rs[rk]; ok {
@@ -202,9 +211,9 @@ func (t *txn) addRealserver(r *raftlbv1.AddRealserverRequest) (*raftlbv1.Result,
 // updateRealserver replaces weight, method and admin state; health is kept.
 func (t *txn) updateRealserver(r *raftlbv1.UpdateRealserverRequest) (*raftlbv1.Result, error) {
 	k, _ := keyOf(r.GetService())
-	sv, ok := t.s.services[k]
-	if !ok {
-		return nil, notFound("service", "service %s not found", k)
+	sv, err := t.service(k)
+	if err != nil {
+		return nil, err
 	}
 	rk, next := realserverFor(k, r.GetRealserver())
 	cur, ok := sv.rs[rk]
@@ -223,9 +232,9 @@ func (t *txn) updateRealserver(r *raftlbv1.UpdateRealserverRequest) (*raftlbv1.R
 
 func (t *txn) removeRealserver(r *raftlbv1.RemoveRealserverRequest) (*raftlbv1.Result, error) {
 	k, _ := keyOf(r.GetService())
-	sv, ok := t.s.services[k]
-	if !ok {
-		return nil, notFound("service", "service %s not found", k)
+	sv, err := t.service(k)
+	if err != nil {
+		return nil, err
 	}
 	rk, _ := realserverFor(k, &raftlbv1.Realserver{Address: r.GetAddress(), Port: r.GetPort()})
 	if _, ok := sv.rs[rk]; !ok {

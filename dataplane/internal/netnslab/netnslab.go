@@ -52,7 +52,7 @@ func (l *Lab) addNS(name string) {
 func (l *Lab) destroy() {
 	for _, h := range l.hosts {
 		// Best effort: the namespace may be half built.
-		_ = exec.Command("ip", "netns", "del", l.NS(h)).Run()
+		_ = netns.DeleteNamed(l.NS(h))
 	}
 }
 
