@@ -107,6 +107,11 @@ func BenchmarkXDP(b *testing.B) {
 		run(b, d.objs.XdpFront, est)
 		repeat(b, d.objs.XdpFront, xdpTX, est)
 	})
+	b.Run("dr/established-once", func(b *testing.B) {
+		d := benchDataplane(b, DR)
+		run(b, d.objs.XdpFront, est)
+		once(b, d.objs.XdpFront, emptyProg(b, ebpf.XDP), xdpTX, func(int) []byte { return est })
+	})
 	b.Run("dr/new", func(b *testing.B) {
 		d := benchDataplane(b, DR)
 		once(b, d.objs.XdpFront, emptyProg(b, ebpf.XDP), xdpTX, newConnFrames(b, d))

@@ -9,26 +9,10 @@ import (
 	"github.com/cilium/ebpf"
 )
 
-// batch is how many entries one map syscall moves.
-const batch = 4096
-
-// walkConns calls fn for every connection-table entry, in batches.
+// walkConns calls fn for every connection-table entry.
 func (d *Dataplane) walkConns(fn func(k directorConnKey, v directorConn)) error {
-	keys := make([]directorConnKey, batch)
-	vals := make([]directorConn, batch)
-	var cursor ebpf.MapBatchCursor
-	for {
-		n, err := d.objs.Conns.BatchLookup(&cursor, keys, vals, nil)
-		for i := range n {
-			fn(keys[i], vals[i])
-		}
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("read connection table: %w", err)
-		}
-	}
+	d.conns.walk(func(k ctKey, v *ctVal) { fn(ctConnKey(k), *connVal(v)) })
+	return nil
 }
 
 func (d *Dataplane) connFromWire(k directorConnKey, v directorConn) Conn {
@@ -86,27 +70,24 @@ func (d *Dataplane) InstallConnections(conns []Conn) error {
 		}
 		v.EventNs = v.LastSeenNs
 		v.Flags = connFlagsOf(ri.rs.Method)
-		var old directorConn
-		err := d.objs.Conns.Lookup(k, &old)
-		switch {
-		case err == nil && old.RsAddr == v.RsAddr && old.RsPort == v.RsPort && old.LastSeenNs >= v.LastSeenNs:
-			continue
-		case err != nil && !errors.Is(err, ebpf.ErrKeyNotExist):
+		ck := connCTKey(k)
+		if cur, ok := d.conns.lookup(ck); ok {
+			if o := connVal(&cur); o.RsAddr == v.RsAddr && o.RsPort == v.RsPort && o.LastSeenNs >= v.LastSeenNs {
+				continue
+			}
+		}
+		prev, replaced, err := d.conns.put(ck, connCTVal(v))
+		if err != nil {
 			return fmt.Errorf("install connection %s: %w", c.Key, err)
 		}
-		if err := d.objs.Conns.Put(k, v); err != nil {
-			return fmt.Errorf("install connection %s: %w", c.Key, err)
-		}
-		replaced := err == nil
+		old := *connVal(&prev)
 		// The replaced entry's reverse entry would outlive it.
 		if replaced && old.Flags&connFlagNAT != 0 && rnatKeyFor(k, old) != rnatKeyFor(k, v) {
-			if err := d.objs.Rnat.Delete(rnatKeyFor(k, old)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-				return fmt.Errorf("replace reverse NAT of %s: %w", c.Key, err)
-			}
+			d.rnat.deleteIf(rnatCTKey(rnatKeyFor(k, old)), nil)
 		}
 		if v.Flags&connFlagNAT != 0 {
 			rv := directorRnat{Vip: k.Daddr, Vport: k.Dport, LastSeenNs: v.LastSeenNs}
-			if err := d.objs.Rnat.Put(rnatKeyFor(k, v), rv); err != nil {
+			if _, _, err := d.rnat.put(rnatCTKey(rnatKeyFor(k, v)), rnatCTVal(rv)); err != nil {
 				return fmt.Errorf("install reverse NAT of %s: %w", c.Key, err)
 			}
 		}
@@ -160,35 +141,28 @@ func (d *Dataplane) DeleteConnections(keys []ConnKey) error {
 		return ErrClosed
 	}
 	for _, ck := range keys {
-		k := connKeyToWire(ck)
-		var v directorConn
-		if err := d.objs.Conns.Lookup(k, &v); err != nil {
-			if errors.Is(err, ebpf.ErrKeyNotExist) {
-				continue
-			}
-			return fmt.Errorf("delete connection %s: %w", ck, err)
-		}
-		if err := d.deleteConn(k, v); err != nil {
-			return err
-		}
+		d.deleteConn(connKeyToWire(ck), nil)
 	}
 	return nil
 }
 
-func (d *Dataplane) deleteConn(k directorConnKey, v directorConn) error {
-	if err := d.objs.Conns.Delete(k); err != nil {
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			return nil
-		}
-		return fmt.Errorf("delete connection: %w", err)
+// deleteConn removes k if doomed (nil: always) agrees, with its reverse
+// entry, and reports whether it did.
+func (d *Dataplane) deleteConn(k directorConnKey, doomed func(*directorConn) bool) (directorConn, bool) {
+	var cond func(*ctVal) bool
+	if doomed != nil {
+		cond = func(v *ctVal) bool { return doomed(connVal(v)) }
 	}
+	cv, ok := d.conns.deleteIf(connCTKey(k), cond)
+	if !ok {
+		return directorConn{}, false
+	}
+	v := *connVal(&cv)
 	if v.Flags&connFlagNAT != 0 {
-		if err := d.objs.Rnat.Delete(rnatKeyFor(k, v)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("delete reverse NAT entry: %w", err)
-		}
+		d.rnat.deleteIf(rnatCTKey(rnatKeyFor(k, v)), nil)
 	}
 	d.adjustOwn(v, -1)
-	return nil
+	return v, true
 }
 
 // Flush removes every connection, or those of one VIP, and the matching
@@ -199,23 +173,14 @@ func (d *Dataplane) Flush(vip *netip.Addr) error {
 	if d.closed {
 		return ErrClosed
 	}
-	type kv struct {
-		k directorConnKey
-		v directorConn
-	}
-	var doomed []kv
-	err := d.walkConns(func(k directorConnKey, v directorConn) {
+	var doomed []directorConnKey
+	d.walkConns(func(k directorConnKey, _ directorConn) {
 		if vip == nil || addrFrom32(k.Daddr) == *vip {
-			doomed = append(doomed, kv{k, v})
+			doomed = append(doomed, k)
 		}
 	})
-	if err != nil {
-		return fmt.Errorf("flush: %w", err)
-	}
-	for _, e := range doomed {
-		if err := d.deleteConn(e.k, e.v); err != nil {
-			return fmt.Errorf("flush: %w", err)
-		}
+	for _, k := range doomed {
+		d.deleteConn(k, nil)
 	}
 	return d.sweepPersist(func(k directorPersistKey, _ directorPersist) bool {
 		si := d.st.byID[k.SvcId]
@@ -305,14 +270,10 @@ func (d *Dataplane) sweepDelete(doomed []connKV) ([]Event, error) {
 	var evs []Event
 	for _, e := range doomed {
 		// The packet path may have touched it since the walk.
-		var cur directorConn
-		if err := d.objs.Conns.Lookup(e.k, &cur); err != nil || cur.LastSeenNs != e.v.LastSeenNs {
-			continue
+		cur, ok := d.deleteConn(e.k, func(cur *directorConn) bool { return cur.LastSeenNs == e.v.LastSeenNs })
+		if ok {
+			evs = append(evs, Event{Type: EventClose, Conn: d.connFromWire(e.k, cur)})
 		}
-		if err := d.deleteConn(e.k, cur); err != nil {
-			return evs, err
-		}
-		evs = append(evs, Event{Type: EventClose, Conn: d.connFromWire(e.k, cur)})
 	}
 	return evs, nil
 }
@@ -350,33 +311,22 @@ func (d *Dataplane) scanRnat(now uint64) ([]rnatKV, error) {
 	if d.closed {
 		return nil, ErrClosed
 	}
-	keys := make([]directorRnatKey, batch)
-	vals := make([]directorRnat, batch)
 	var idle []rnatKV
-	var cursor ebpf.MapBatchCursor
-	for {
-		n, err := d.objs.Rnat.BatchLookup(&cursor, keys, vals, nil)
-		for i := range n {
-			k, v := keys[i], vals[i]
-			si := d.st.svcs[ServiceKey{VIP: addrFrom32(v.Vip), Port: port16(v.Vport), Proto: Proto(k.Proto)}]
-			timeout := time.Duration(0)
-			if si != nil {
-				timeout = si.timeouts.TCPSynRecv
-				if Proto(k.Proto) == UDP {
-					timeout = si.timeouts.UDP
-				}
-			}
-			if now > v.LastSeenNs && time.Duration(now-v.LastSeenNs) > timeout {
-				idle = append(idle, rnatKV{k, v})
+	d.rnat.walk(func(ck ctKey, cv *ctVal) {
+		k, v := ctRnatKey(ck), *rnatVal(cv)
+		si := d.st.svcs[ServiceKey{VIP: addrFrom32(v.Vip), Port: port16(v.Vport), Proto: Proto(k.Proto)}]
+		timeout := time.Duration(0)
+		if si != nil {
+			timeout = si.timeouts.TCPSynRecv
+			if Proto(k.Proto) == UDP {
+				timeout = si.timeouts.UDP
 			}
 		}
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			return idle, nil
+		if now > v.LastSeenNs && time.Duration(now-v.LastSeenNs) > timeout {
+			idle = append(idle, rnatKV{k, v})
 		}
-		if err != nil {
-			return nil, fmt.Errorf("read reverse NAT table: %w", err)
-		}
-	}
+	})
+	return idle, nil
 }
 
 // expireRnat deletes one chunk of idle reverse-NAT entries that have no
@@ -389,23 +339,16 @@ func (d *Dataplane) expireRnat(now uint64, idle []rnatKV) error {
 	}
 	for _, e := range idle {
 		ck := directorConnKey{Saddr: e.k.Daddr, Daddr: e.v.Vip, Sport: e.k.Dport, Dport: e.v.Vport, Proto: e.k.Proto}
-		var c directorConn
-		if err := d.objs.Conns.Lookup(ck, &c); err == nil && c.Flags&connFlagNAT != 0 && rnatKeyFor(ck, c) == e.k {
-			// Replies are idle, the connection is not: look again
-			// after another timeout rather than every sweep.
-			e.v.LastSeenNs = now
-			if err := d.objs.Rnat.Update(e.k, e.v, ebpf.UpdateExist); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-				return fmt.Errorf("refresh reverse NAT entry: %w", err)
+		if cv, ok := d.conns.lookup(connCTKey(ck)); ok {
+			if c := connVal(&cv); c.Flags&connFlagNAT != 0 && rnatKeyFor(ck, *c) == e.k {
+				// Replies are idle, the connection is not: look again
+				// after another timeout rather than every sweep.
+				d.rnat.update(rnatCTKey(e.k), func(v *ctVal) { rnatVal(v).LastSeenNs = now })
+				continue
 			}
-			continue
 		}
-		var cur directorRnat
-		if err := d.objs.Rnat.Lookup(e.k, &cur); err != nil || cur.LastSeenNs != e.v.LastSeenNs {
-			continue // gone, or a packet used it since the walk
-		}
-		if err := d.objs.Rnat.Delete(e.k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("delete reverse NAT entry: %w", err)
-		}
+		// Unless a packet used it since the walk.
+		d.rnat.deleteIf(rnatCTKey(e.k), func(v *ctVal) bool { return rnatVal(v).LastSeenNs == e.v.LastSeenNs })
 	}
 	return nil
 }

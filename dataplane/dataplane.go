@@ -1,6 +1,8 @@
 package dataplane
 
 import (
+	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -70,7 +72,10 @@ type Config struct {
 	InsideIface string
 	// AttachMode for the XDP programs; default auto.
 	AttachMode AttachMode
-	// ConnTableSize bounds the connection table; default 262144.
+	// ConnTableSize is the connection table's capacity; default 262144.
+	// NAT connections take as many reverse entries, in a table of the
+	// same size. Each holds a third more slots than its capacity (see
+	// ctLoad), 56 bytes each.
 	ConnTableSize int
 	// PersistTableSize bounds the persistence (client affinity) table;
 	// default 65536.
@@ -161,6 +166,8 @@ type Dataplane struct {
 	inner *ebpf.MapSpec // template of the per-service tables
 	clk   clock
 	index *vipIndex
+	// conns and rnat are the connection and reverse-NAT tables, mapped.
+	conns, rnat *ctTable
 	tick  jiffyClock // how the programs read the time
 	neigh neighbours
 	links []link.Link
@@ -253,8 +260,8 @@ func load(cfg Config, neigh neighbours, front, inside iface) (*Dataplane, error)
 	if err != nil {
 		return nil, fmt.Errorf("load director spec: %w", err)
 	}
-	spec.Maps["conns"].MaxEntries = uint32(cfg.ConnTableSize)
-	spec.Maps["rnat"].MaxEntries = uint32(cfg.ConnTableSize)
+	spec.Maps["conns"].MaxEntries = ctBuckets(cfg.ConnTableSize)
+	spec.Maps["rnats"].MaxEntries = ctBuckets(cfg.ConnTableSize)
 	spec.Maps["persist"].MaxEntries = uint32(cfg.PersistTableSize)
 	spec.Maps["events"].MaxEntries = uint32(cfg.RingBufferSize)
 	tables := spec.Maps["svc_tables"]
@@ -278,15 +285,43 @@ func load(cfg Config, neigh neighbours, front, inside iface) (*Dataplane, error)
 		return nil, fmt.Errorf("load director programs: %w", err)
 	}
 	d.index = &vipIndex{m: d.objs.VipIndex}
+	if err := d.mapTables(); err != nil {
+		d.objs.Close()
+		return nil, err
+	}
 	if d.tick, err = calibrateJiffies(d.objs.ClockProbe, d.objs.ClockSamples); err != nil {
 		d.objs.Close()
 		return nil, err
 	}
 	if err := d.writeConfig(netip.Addr{}); err != nil {
+		d.closeTables()
 		d.objs.Close()
 		return nil, err
 	}
 	return d, nil
+}
+
+// mapTables maps the connection and reverse-NAT tables into memory, with
+// a fresh hash seed.
+func (d *Dataplane) mapTables() error {
+	var seed [8]byte
+	if _, err := rand.Read(seed[:]); err != nil {
+		return fmt.Errorf("pick hash seed: %w", err)
+	}
+	s := binary.LittleEndian.Uint64(seed[:])
+	var err error
+	if d.conns, err = mapCT(d.objs.Conns, s); err != nil {
+		return err
+	}
+	if d.rnat, err = mapCT(d.objs.Rnats, s); err != nil {
+		d.conns.close()
+		return err
+	}
+	return nil
+}
+
+func (d *Dataplane) closeTables() error {
+	return errors.Join(d.conns.close(), d.rnat.close())
 }
 
 func (d *Dataplane) writeConfig(frontAddr netip.Addr) error {
@@ -297,6 +332,9 @@ func (d *Dataplane) writeConfig(frontAddr netip.Addr) error {
 		TickNs:        d.tick.tickNs,
 		ClockOff:      d.tick.off,
 		WakeBytes:     uint64(d.cfg.RingBufferSize / 4),
+		ConnBuckets:   uint32(len(d.conns.buckets)),
+		RnatBuckets:   uint32(len(d.rnat.buckets)),
+		CtSeed:        d.conns.seed,
 	}
 	if c.FrontMtu == 0 {
 		c.FrontMtu = 1500
@@ -400,6 +438,9 @@ func (d *Dataplane) Close() error {
 	}
 	for _, m := range d.st.tables {
 		m.Close()
+	}
+	if err := d.closeTables(); err != nil {
+		errs = append(errs, fmt.Errorf("unmap tables: %w", err))
 	}
 	if err := d.objs.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close objects: %w", err))

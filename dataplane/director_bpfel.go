@@ -31,6 +31,9 @@ type directorConfig struct {
 	TickNs        uint64
 	ClockOff      uint64
 	WakeBytes     uint64
+	ConnBuckets   uint32
+	RnatBuckets   uint32
+	CtSeed        uint64
 }
 
 type directorConn struct {
@@ -60,6 +63,22 @@ type directorCounters struct {
 	Packets uint64
 	Bytes   uint64
 	Conns   uint64
+}
+
+type directorCtBucket struct {
+	_    structs.HostLayout
+	Lock uint32
+	Pad  uint32
+	Tag  [8]uint32
+	Pad2 [3]uint64
+	Slot [8]struct {
+		_   structs.HostLayout
+		Key [2]uint64
+		Val struct {
+			_    structs.HostLayout
+			Conn directorConn
+		}
+	}
 }
 
 type directorEvent struct {
@@ -160,7 +179,7 @@ const (
 	directorMapPersist        = "persist"
 	directorMapReals          = "reals"
 	directorMapReasons        = "reasons"
-	directorMapRnat           = "rnat"
+	directorMapRnats          = "rnats"
 	directorMapRrCursor       = "rr_cursor"
 	directorMapRsAdjust       = "rs_adjust"
 	directorMapRsOpened       = "rs_opened"
@@ -176,7 +195,11 @@ const (
 	directorProgTcInside      = "tc_inside"
 	directorProgXdpFront      = "xdp_front"
 	directorProgXdpInside     = "xdp_inside"
+	directorVarUnusedConn     = "unused_conn"
+	directorVarUnusedConnKey  = "unused_conn_key"
 	directorVarUnusedEvent    = "unused_event"
+	directorVarUnusedRnat     = "unused_rnat"
+	directorVarUnusedRnatKey  = "unused_rnat_key"
 )
 
 // loadDirector returns the embedded CollectionSpec for director.
@@ -241,7 +264,7 @@ type directorMapSpecs struct {
 	Persist      *ebpf.MapSpec `ebpf:"persist"`
 	Reals        *ebpf.MapSpec `ebpf:"reals"`
 	Reasons      *ebpf.MapSpec `ebpf:"reasons"`
-	Rnat         *ebpf.MapSpec `ebpf:"rnat"`
+	Rnats        *ebpf.MapSpec `ebpf:"rnats"`
 	RrCursor     *ebpf.MapSpec `ebpf:"rr_cursor"`
 	RsAdjust     *ebpf.MapSpec `ebpf:"rs_adjust"`
 	RsOpened     *ebpf.MapSpec `ebpf:"rs_opened"`
@@ -257,7 +280,11 @@ type directorMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type directorVariableSpecs struct {
-	UnusedEvent *ebpf.VariableSpec `ebpf:"unused_event"`
+	UnusedConn    *ebpf.VariableSpec `ebpf:"unused_conn"`
+	UnusedConnKey *ebpf.VariableSpec `ebpf:"unused_conn_key"`
+	UnusedEvent   *ebpf.VariableSpec `ebpf:"unused_event"`
+	UnusedRnat    *ebpf.VariableSpec `ebpf:"unused_rnat"`
+	UnusedRnatKey *ebpf.VariableSpec `ebpf:"unused_rnat_key"`
 }
 
 // directorObjects contains all objects after they have been loaded into the kernel.
@@ -288,7 +315,7 @@ type directorMaps struct {
 	Persist      *ebpf.Map `ebpf:"persist"`
 	Reals        *ebpf.Map `ebpf:"reals"`
 	Reasons      *ebpf.Map `ebpf:"reasons"`
-	Rnat         *ebpf.Map `ebpf:"rnat"`
+	Rnats        *ebpf.Map `ebpf:"rnats"`
 	RrCursor     *ebpf.Map `ebpf:"rr_cursor"`
 	RsAdjust     *ebpf.Map `ebpf:"rs_adjust"`
 	RsOpened     *ebpf.Map `ebpf:"rs_opened"`
@@ -310,7 +337,7 @@ func (m *directorMaps) Close() error {
 		m.Persist,
 		m.Reals,
 		m.Reasons,
-		m.Rnat,
+		m.Rnats,
 		m.RrCursor,
 		m.RsAdjust,
 		m.RsOpened,
@@ -327,7 +354,11 @@ func (m *directorMaps) Close() error {
 //
 // It can be passed to loadDirectorObjects or ebpf.CollectionSpec.LoadAndAssign.
 type directorVariables struct {
-	UnusedEvent *ebpf.Variable `ebpf:"unused_event"`
+	UnusedConn    *ebpf.Variable `ebpf:"unused_conn"`
+	UnusedConnKey *ebpf.Variable `ebpf:"unused_conn_key"`
+	UnusedEvent   *ebpf.Variable `ebpf:"unused_event"`
+	UnusedRnat    *ebpf.Variable `ebpf:"unused_rnat"`
+	UnusedRnatKey *ebpf.Variable `ebpf:"unused_rnat_key"`
 }
 
 // directorPrograms contains all programs after they have been loaded into the kernel.

@@ -43,6 +43,7 @@ const (
 	ReasonTCNATICMPIn
 	ReasonTCNATICMPOut
 	ReasonTCTxTUNProbe
+	ReasonConnTableBusy
 	numReasons
 )
 
@@ -54,7 +55,7 @@ var reasonNames = [...]string{
 	"conn_table_full", "rnat_table_full", "event_lost", "conn_rescheduled",
 	"tc_nat_in", "tc_nat_out", "tc_pass", "tc_drop_nat_no_conn", "tc_drop_method", "decap",
 	"xdp_pass_oversize", "tc_tx_dr", "tc_tx_tun", "tc_nat_icmp_in", "tc_nat_icmp_out",
-	"tc_tx_tun_probe",
+	"tc_tx_tun_probe", "conn_table_busy",
 }
 
 func (r Reason) String() string {

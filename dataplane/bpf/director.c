@@ -193,7 +193,7 @@ static __always_inline int xdp_icmp_error(struct xdp_md *ctx, struct ethhdr *eth
 	key.sport = ports[1];
 	key.dport = ports[0];
 	key.proto = in->protocol;
-	cn = bpf_map_lookup_elem(&conns, &key);
+	cn = conn_find(&key, c);
 	if (!cn)
 		goto noconn;
 	idx = cn->rs_idx;
@@ -648,7 +648,7 @@ static __always_inline int tc_front_icmp(struct __sk_buff *skb)
 	key.dport = q.sport;
 	key.proto = q.proto;
 	/* An error never refreshes or creates a connection. */
-	cn = bpf_map_lookup_elem(&conns, &key);
+	cn = conn_find(&key, c);
 	if (!cn)
 		goto noconn;
 	idx = cn->rs_idx;
@@ -700,7 +700,10 @@ static __always_inline int tc_inside_icmp(struct __sk_buff *skb)
 	rk.sport = q.dport;
 	rk.dport = q.sport;
 	rk.proto = q.proto;
-	rv = bpf_map_lookup_elem(&rnat, &rk);
+	c = get_cfg();
+	if (!c)
+		return -1;
+	rv = rnat_find(&rk, c);
 	if (!rv)
 		return -1;
 	/* From here on it is about a NAT connection: translated or dropped,
@@ -712,8 +715,7 @@ static __always_inline int tc_inside_icmp(struct __sk_buff *skb)
 	vip = rv->vip;
 	vport = rv->vport;
 	s = svc_find(vip, vport, q.proto);
-	c = get_cfg();
-	if (!s || !c) {
+	if (!s) {
 		count(R_TC_DROP_NAT_NO_CONN);
 		return TC_ACT_SHOT;
 	}
@@ -726,7 +728,7 @@ static __always_inline int tc_inside_icmp(struct __sk_buff *skb)
 	ck.sport = q.sport;
 	ck.dport = vport;
 	ck.proto = q.proto;
-	cn = bpf_map_lookup_elem(&conns, &ck);
+	cn = conn_find(&ck, c);
 	if (cn)
 		rs_idx = cn->rs_idx;
 	account(s->id, rs_idx, skb->len);
@@ -839,7 +841,10 @@ int tc_inside(struct __sk_buff *skb)
 	rk.sport = p.f.key.sport;
 	rk.dport = p.f.key.dport;
 	rk.proto = p.f.key.proto;
-	rv = bpf_map_lookup_elem(&rnat, &rk);
+	c = get_cfg();
+	if (!c)
+		return TC_ACT_SHOT;
+	rv = rnat_find(&rk, c);
 	if (!rv) {
 		if (p.owned_dst) {
 			count(R_DROP_NO_SERVICE);
@@ -851,8 +856,7 @@ int tc_inside(struct __sk_buff *skb)
 	vip = rv->vip;
 	vport = rv->vport;
 	s = svc_find(vip, vport, p.f.key.proto);
-	c = get_cfg();
-	if (!s || !c) {
+	if (!s) {
 		count(R_TC_DROP_NAT_NO_CONN);
 		return TC_ACT_SHOT;
 	}
@@ -871,7 +875,7 @@ int tc_inside(struct __sk_buff *skb)
 	ck.proto = p.f.key.proto;
 	/* The reverse entry alone is enough to translate: a connection that
 	 * did not fit a full table still gets its replies. */
-	cn = bpf_map_lookup_elem(&conns, &ck);
+	cn = conn_find(&ck, c);
 	if (cn) {
 		rs_idx = cn->rs_idx;
 		cn->last_seen_ns = now;

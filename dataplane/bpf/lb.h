@@ -59,8 +59,6 @@ struct icmphdr {
 #define IP_OFFSET 0x1fff
 #define IP_DF 0x4000
 
-/* From asm-generic/errno-base.h; helpers return negated errnos. */
-#define EEXIST 17
 
 enum sched {
 	SCHED_MH = 0,
@@ -143,6 +141,7 @@ enum reason {
 	R_TC_NAT_ICMP_IN,
 	R_TC_NAT_ICMP_OUT,
 	R_TC_TX_TUN_PROBE,
+	R_CONN_TABLE_BUSY, /* a home bucket's lock stayed taken */
 	R_REASON_MAX,
 };
 
@@ -161,6 +160,12 @@ struct config {
 	/* Wake the event reader when unread data reaches this mark; it polls
 	 * for the rest (a wakeup per event costs more than the event). */
 	__u64 wake_bytes;
+	/* Connection and reverse-NAT tables: bucket counts and the hash
+	 * seed, which Go picks at random per load so that nobody outside can
+	 * aim packets at one bucket. */
+	__u32 conn_buckets;
+	__u32 rnat_buckets;
+	__u64 ct_seed;
 };
 
 /* What clock_probe saw, for the calibration. */
@@ -276,8 +281,12 @@ struct event {
 	__u8 pad[3];
 };
 
-/* Keeps struct event in BTF so bpf2go emits its Go twin. */
+/* Keep these in BTF so bpf2go emits their Go twins. */
 const struct event *unused_event __attribute__((unused));
+const struct conn_key *unused_conn_key __attribute__((unused));
+const struct conn *unused_conn __attribute__((unused));
+const struct rnat_key *unused_rnat_key __attribute__((unused));
+const struct rnat *unused_rnat __attribute__((unused));
 
 struct counters {
 	__u64 packets;
@@ -353,21 +362,55 @@ struct {
 	__type(value, __u64);
 } leases SEC(".maps");
 
-/* A hash, not an LRU: entries leave only through the Go sweeper, which
- * reports them, so replicas never lose track of a connection. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__type(key, struct conn_key);
-	__type(value, struct conn);
-} conns SEC(".maps");
+/*
+ * The connection and reverse-NAT tables: arrays of buckets, searched with
+ * inlined loads and mapped into the Go process, which lists, installs and
+ * expires entries in place. A kernel hash map costs a call per lookup and
+ * a locked, freelist-backed insert per new connection (several hundred ns
+ * on this kind of machine); here an insert is a few atomics and stores.
+ *
+ * A key lives in one of two buckets, whichever had more room when it was
+ * inserted. Every insert and delete of a key holds the lock of its home
+ * bucket (the first), so no key is ever in the table twice; a slot is
+ * claimed with a compare-and-swap because keys of other homes may be
+ * written into the same alternate bucket. Lookups take no lock: a slot's
+ * tag is published after its key and value, and cleared before it is
+ * reused. Not an LRU: entries leave only through the Go sweeper, which
+ * reports them, so replicas never lose track of a connection. The Go
+ * mirror is ctTable; neither side may change the layout or hash alone.
+ */
+#define CT_WAYS 8
+#define CT_TAG_BUSY 2 /* claimed, being written; real tags are odd */
+#define CT_LOCK_TRIES 64
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__type(key, struct rnat_key);
-	__type(value, struct rnat);
-} rnat SEC(".maps");
+union ct_val {
+	struct conn conn;
+	struct rnat rnat;
+};
+
+struct ct_slot {
+	__u64 key[2]; /* a struct conn_key or struct rnat_key */
+	union ct_val val;
+};
+
+struct ct_bucket {
+	__u32 lock;
+	__u32 pad;
+	__u32 tag[CT_WAYS]; /* 0 free, CT_TAG_BUSY claimed, else the key's tag */
+	__u64 pad2[3];      /* the header is one cache line */
+	struct ct_slot slot[CT_WAYS];
+};
+
+struct ct_map {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1 << 13);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct ct_bucket);
+};
+
+struct ct_map conns SEC(".maps");
+struct ct_map rnats SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -537,6 +580,216 @@ static __always_inline __u32 flow_hash(__u32 saddr, __u32 ports)
 	x *= 0xc4ceb9fe1a85ec53ULL;
 	x ^= x >> 33;
 	return (__u32)x;
+}
+
+/* Where a key may live in a connection-style table, and its tag. */
+struct ct_pos {
+	__u32 b[2]; /* home and alternate bucket */
+	__u32 tag;  /* odd, so never 0 (free) or CT_TAG_BUSY */
+};
+
+/* Buckets are picked by multiply-shift, so any count works. The Go
+ * mirror is ctHash. */
+static __always_inline void ct_hash(const __u64 *key, __u64 seed, __u32 n, struct ct_pos *p)
+{
+	__u64 h = (key[0] ^ seed) * 0x9e3779b97f4a7c15ULL;
+
+	h = (h ^ (h >> 32) ^ key[1]) * 0xc2b2ae3d27d4eb4fULL;
+	h ^= h >> 29;
+	h *= 0x165667b19e3779f9ULL;
+	h ^= h >> 32;
+	p->b[0] = ((h & 0xffffffff) * n) >> 32;
+	p->b[1] = ((h >> 32) * n) >> 32;
+	p->tag = (__u32)((h * 0x9e3779b97f4a7c15ULL) >> 32) | 1;
+}
+
+/*
+ * The bucket-level steps are global functions: the verifier checks each
+ * once, and their callers see one unknown way index instead of one path
+ * per way (inlined, the eight-way searches multiply into more states than
+ * the verifier will explore). A call costs a few ns.
+ */
+
+/* The way of bk holding the key, or -1. */
+__attribute__((noinline)) long ct_way(struct ct_bucket *bk, __u64 k0, __u64 k1, __u32 tag)
+{
+	if (!bk)
+		return -1;
+#pragma unroll
+	for (int w = 0; w < CT_WAYS; w++) {
+		if (bk->tag[w] == tag && bk->slot[w].key[0] == k0 && bk->slot[w].key[1] == k1)
+			return w;
+	}
+	return -1;
+}
+
+/* Bounded: the holder is another CPU's program or Go, both brief; a
+ * caller that cannot get the lock forwards without recording. */
+__attribute__((noinline)) int ct_lock(struct ct_bucket *bk)
+{
+	if (!bk)
+		return 0;
+	for (int i = 0; i < CT_LOCK_TRIES; i++) {
+		if (__sync_val_compare_and_swap(&bk->lock, 0, 1) == 0)
+			return 1;
+	}
+	return 0;
+}
+
+static __always_inline void ct_unlock(struct ct_bucket *bk)
+{
+	/* The publishing exchange before it orders everything written. */
+	*(volatile __u32 *)&bk->lock = 0;
+}
+
+__attribute__((noinline)) int ct_used(struct ct_bucket *bk)
+{
+	int n = 0;
+
+	if (!bk)
+		return CT_WAYS;
+#pragma unroll
+	for (int w = 0; w < CT_WAYS; w++)
+		n += bk->tag[w] != 0;
+	return n;
+}
+
+/* Claim a free slot of bk, write the key and val into it and publish it;
+ * returns its way, or -1 when bk is full. */
+__attribute__((noinline)) long ct_claim(struct ct_bucket *bk, __u64 k0, __u64 k1, __u32 tag,
+				       const union ct_val *val)
+{
+	if (!bk || !val)
+		return -1;
+#pragma unroll
+	for (int w = 0; w < CT_WAYS; w++) {
+		struct ct_slot *s = &bk->slot[w];
+
+		if (bk->tag[w] || __sync_val_compare_and_swap(&bk->tag[w], 0, CT_TAG_BUSY))
+			continue;
+		s->key[0] = k0;
+		s->key[1] = k1;
+		s->val = *val;
+		/* A full barrier: the slot is complete before it is found. */
+		__sync_lock_test_and_set(&bk->tag[w], tag);
+		return w;
+	}
+	return -1;
+}
+
+/* The slot at way w, if w names one (-1 does not). */
+static __always_inline struct ct_slot *ct_slot_at(struct ct_bucket *bk, __u64 w)
+{
+	if (w >= CT_WAYS)
+		return NULL;
+	/* Keeps clang from computing the address before the check, which
+	 * the verifier would refuse. */
+	asm volatile("" : "+r"(w));
+	return &bk->slot[w & (CT_WAYS - 1)];
+}
+
+static __always_inline struct ct_slot *ct_find(void *map, const __u64 *key, struct ct_pos *p)
+{
+	struct ct_bucket *bk;
+	struct ct_slot *s;
+
+	bk = bpf_map_lookup_elem(map, &p->b[0]);
+	if (!bk)
+		return NULL;
+	s = ct_slot_at(bk, ct_way(bk, key[0], key[1], p->tag));
+	if (s || p->b[1] == p->b[0])
+		return s;
+	bk = bpf_map_lookup_elem(map, &p->b[1]);
+	if (!bk)
+		return NULL;
+	return ct_slot_at(bk, ct_way(bk, key[0], key[1], p->tag));
+}
+
+enum ct_result {
+	CT_CREATED,
+	CT_EXISTS, /* another CPU inserted the key first */
+	CT_FULL,
+	CT_BUSY, /* the home lock stayed taken */
+};
+
+/*
+ * Insert key with val unless it is present; *slot is the slot holding the
+ * key when the result is CT_CREATED or CT_EXISTS.
+ */
+static __always_inline int ct_insert(void *map, const __u64 *key, struct ct_pos *p,
+				     const union ct_val *val, struct ct_slot **slot)
+{
+	struct ct_bucket *home = bpf_map_lookup_elem(map, &p->b[0]);
+	struct ct_bucket *alt = bpf_map_lookup_elem(map, &p->b[1]);
+	struct ct_bucket *first, *second;
+	struct ct_slot *s;
+
+	if (!home || !alt)
+		return CT_FULL;
+	if (!ct_lock(home))
+		return CT_BUSY;
+	s = ct_slot_at(home, ct_way(home, key[0], key[1], p->tag));
+	if (!s)
+		s = ct_slot_at(alt, ct_way(alt, key[0], key[1], p->tag));
+	if (s) {
+		ct_unlock(home);
+		*slot = s;
+		return CT_EXISTS;
+	}
+	first = home;
+	second = alt;
+	if (ct_used(alt) < ct_used(home)) {
+		first = alt;
+		second = home;
+	}
+	s = ct_slot_at(first, ct_claim(first, key[0], key[1], p->tag, val));
+	if (!s)
+		s = ct_slot_at(second, ct_claim(second, key[0], key[1], p->tag, val));
+	ct_unlock(home);
+	if (!s)
+		return CT_FULL;
+	*slot = s;
+	return CT_CREATED;
+}
+
+/* Remove key, if present. */
+static __always_inline void ct_delete(void *map, const __u64 *key, struct ct_pos *p)
+{
+	struct ct_bucket *home = bpf_map_lookup_elem(map, &p->b[0]);
+	struct ct_bucket *alt = bpf_map_lookup_elem(map, &p->b[1]);
+	__u64 w;
+
+	if (!home || !alt || !ct_lock(home))
+		return;
+	w = ct_way(home, key[0], key[1], p->tag);
+	if (w < CT_WAYS) {
+		__sync_lock_test_and_set(&home->tag[w], 0);
+	} else {
+		w = ct_way(alt, key[0], key[1], p->tag);
+		if (w < CT_WAYS)
+			__sync_lock_test_and_set(&alt->tag[w], 0);
+	}
+	ct_unlock(home);
+}
+
+static __always_inline struct conn *conn_find(struct conn_key *key, struct config *cfg)
+{
+	struct ct_pos p;
+	struct ct_slot *s;
+
+	ct_hash((__u64 *)key, cfg->ct_seed, cfg->conn_buckets, &p);
+	s = ct_find(&conns, (__u64 *)key, &p);
+	return s ? &s->val.conn : NULL;
+}
+
+static __always_inline struct rnat *rnat_find(struct rnat_key *key, struct config *cfg)
+{
+	struct ct_pos p;
+	struct ct_slot *s;
+
+	ct_hash((__u64 *)key, cfg->ct_seed, cfg->rnat_buckets, &p);
+	s = ct_find(&rnats, (__u64 *)key, &p);
+	return s ? &s->val.rnat : NULL;
 }
 
 /* Packet facts the shared connection code needs. */
@@ -747,23 +1000,53 @@ static __always_inline void rnat_key_of(struct rnat_key *rk, struct flow *f, __b
 	rk->proto = f->key.proto;
 }
 
+static __always_inline void rnat_delete(struct rnat_key *rk, struct config *cfg)
+{
+	struct ct_pos p;
+
+	ct_hash((__u64 *)rk, cfg->ct_seed, cfg->rnat_buckets, &p);
+	ct_delete(&rnats, (__u64 *)rk, &p);
+}
+
+/* Insert or overwrite a reverse-NAT entry. */
+static __always_inline void rnat_put(struct rnat_key *rk, union ct_val *v, struct config *cfg)
+{
+	struct ct_slot *slot;
+	struct ct_pos p;
+
+	ct_hash((__u64 *)rk, cfg->ct_seed, cfg->rnat_buckets, &p);
+	switch (ct_insert(&rnats, (__u64 *)rk, &p, v, &slot)) {
+	case CT_CREATED:
+		break;
+	case CT_EXISTS:
+		slot->val.rnat = v->rnat;
+		break;
+	default:
+		count(R_RNAT_TABLE_FULL); /* full or contended */
+	}
+}
+
 /*
  * Find the connection's realserver, or schedule and record a new one.
  * Returns NULL when nothing may take the packet. A connection whose
- * realserver was removed is rescheduled; a drained one keeps it.
+ * realserver was removed is rescheduled in place; a drained one keeps it.
  */
 static __always_inline struct real *conn_select(struct svc *s, struct flow *f, __u64 now,
 						__u32 *rs_idx, struct config *cfg)
 {
-	struct conn *c = bpf_map_lookup_elem(&conns, &f->key);
-	struct conn nc = {};
+	struct conn *c, *stale = NULL;
+	struct ct_slot *slot;
+	union ct_val nv = {};
+	struct ct_pos pos;
 	struct real *rs;
 	__s64 pick = -1;
-	int persisted = 0;
+	int persisted = 0, recorded = 0;
 	__u32 idx;
-	long err;
 
-	if (c) {
+	ct_hash((__u64 *)&f->key, cfg->ct_seed, cfg->conn_buckets, &pos);
+	slot = ct_find(&conns, (__u64 *)&f->key, &pos);
+	if (slot) {
+		c = &slot->val.conn;
 		rs = conn_hit(s, f, c, now, rs_idx, cfg);
 		if (rs)
 			return rs;
@@ -773,9 +1056,9 @@ static __always_inline struct real *conn_select(struct svc *s, struct flow *f, _
 			struct rnat_key rk = {};
 
 			rnat_key_of(&rk, f, c->rs_addr, c->rs_port);
-			bpf_map_delete_elem(&rnat, &rk);
+			rnat_delete(&rk, cfg);
 		}
-		bpf_map_delete_elem(&conns, &f->key);
+		stale = c;
 	}
 
 	if (s->persist_ns) {
@@ -801,45 +1084,57 @@ static __always_inline struct real *conn_select(struct svc *s, struct flow *f, _
 	if (!rs_eligible(rs, s->id))
 		return NULL;
 
-	nc.last_seen_ns = now;
-	nc.event_ns = now;
-	nc.rs_idx = idx;
-	nc.rs_addr = rs->addr;
-	nc.rs_port = rs->port;
-	nc.state = initial_state(f);
-	nc.flags = rs->method == METHOD_NAT ? CONN_F_NAT : rs->method == METHOD_TUN ? CONN_F_TUN : 0;
-	nc.svc_id = s->id;
-	/* NOEXIST: two CPUs opening the same flow must agree on one entry
-	 * and count it once. */
-	err = bpf_map_update_elem(&conns, &f->key, &nc, BPF_NOEXIST);
-	if (err == -EEXIST) {
-		c = bpf_map_lookup_elem(&conns, &f->key);
-		if (c) {
-			struct real *won = conn_hit(s, f, c, now, rs_idx, cfg);
+	nv.conn.last_seen_ns = now;
+	nv.conn.event_ns = now;
+	nv.conn.rs_idx = idx;
+	nv.conn.rs_addr = rs->addr;
+	nv.conn.rs_port = rs->port;
+	nv.conn.state = initial_state(f);
+	nv.conn.flags = rs->method == METHOD_NAT ? CONN_F_NAT : rs->method == METHOD_TUN ? CONN_F_TUN : 0;
+	nv.conn.svc_id = s->id;
+	if (stale) {
+		/* Its slot keeps the key; a reader that sees half of the new
+		 * value fails conn_hit's identity check and lands here too. */
+		*stale = nv.conn;
+		recorded = 1;
+	} else {
+		int r = ct_insert(&conns, (__u64 *)&f->key, &pos, &nv, &slot);
+
+		switch (r) {
+		case CT_CREATED:
+			recorded = 1;
+			break;
+		case CT_EXISTS: {
+			/* Another CPU opened the same flow first: its choice holds. */
+			struct real *won = conn_hit(s, f, &slot->val.conn, now, rs_idx, cfg);
 
 			if (won)
 				return won;
+			break;
 		}
-	} else if (err) {
-		/* Forward anyway: mh/sh give every director the same answer,
-		 * and the others pick by flow hash so that this unrecorded flow
-		 * keeps its realserver from packet to packet. */
-		count(R_CONN_TABLE_FULL);
-		if (!persisted && s->sched >= SCHED_RR) {
-			pick = schedule(s, f, 1);
-			if (pick < 0)
-				return NULL;
-			idx = (__u32)pick;
-			rs = bpf_map_lookup_elem(&reals, &idx);
-			if (!rs_eligible(rs, s->id))
-				return NULL;
+		default:
+			/* Forward anyway: mh/sh give every director the same
+			 * answer, and the others pick by flow hash so that this
+			 * unrecorded flow keeps its realserver from packet to
+			 * packet. */
+			count(r == CT_BUSY ? R_CONN_TABLE_BUSY : R_CONN_TABLE_FULL);
+			if (!persisted && s->sched >= SCHED_RR) {
+				pick = schedule(s, f, 1);
+				if (pick < 0)
+					return NULL;
+				idx = (__u32)pick;
+				rs = bpf_map_lookup_elem(&reals, &idx);
+				if (!rs_eligible(rs, s->id))
+					return NULL;
+			}
 		}
-	} else {
+	}
+	if (recorded) {
 		__s64 *o = bpf_map_lookup_elem(&rs_opened, &idx);
 
 		if (o)
 			__sync_fetch_and_add(o, 1);
-		emit(EV_NEW, &f->key, &nc, now, cfg);
+		emit(EV_NEW, &f->key, &nv.conn, now, cfg);
 	}
 
 	if (s->persist_ns) {
@@ -857,11 +1152,10 @@ static __always_inline struct real *conn_select(struct svc *s, struct flow *f, _
 		/* Written even when the connection did not fit: replies are
 		 * translated from this entry alone. */
 		struct rnat_key rk = {};
-		struct rnat rv = { .vip = f->key.daddr, .vport = f->key.dport, .last_seen_ns = now };
+		union ct_val rv = { .rnat = { .vip = f->key.daddr, .vport = f->key.dport, .last_seen_ns = now } };
 
 		rnat_key_of(&rk, f, rs->addr, rs->port);
-		if (bpf_map_update_elem(&rnat, &rk, &rv, BPF_ANY))
-			count(R_RNAT_TABLE_FULL);
+		rnat_put(&rk, &rv, cfg);
 	}
 	account_conn(s->id, idx);
 	*rs_idx = idx;

@@ -1,0 +1,271 @@
+package dataplane
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"sync/atomic"
+	"unsafe"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+)
+
+// ctTable is the Go side of a connection-style table (struct ct_bucket in
+// bpf/lb.h): the map's memory mapped into this process, searched and
+// changed in place by the same rules the programs follow. Lookups and
+// walks take no lock; inserts and deletes hold the key's home-bucket lock,
+// which the programs take too.
+type ctTable struct {
+	m       *ebpf.Map // nil for a table in Go memory (tests)
+	mem     []byte
+	buckets []directorCtBucket
+	seed    uint64
+}
+
+const (
+	ctWays    = 8
+	ctTagBusy = 2
+	// ctLoad is the share of slots the nominal capacity fills: with two
+	// choices of bucket, almost no insert finds both full below it.
+	ctLoadNum, ctLoadDen = 3, 4
+)
+
+// errTableFull means both buckets a key may live in are full.
+var errTableFull = errors.New("connection table full")
+
+// ctBuckets is how many buckets hold entries at ctLoad.
+func ctBuckets(entries int) uint32 {
+	slots := (entries*ctLoadDen + ctLoadNum - 1) / ctLoadNum
+	return uint32(max(1, (slots+ctWays-1)/ctWays))
+}
+
+// ctBucketSize is the size of one bucket, in the map and in memory.
+const ctBucketSize = int(unsafe.Sizeof(directorCtBucket{}))
+
+// mapCT maps m's memory.
+func mapCT(m *ebpf.Map, seed uint64) (*ctTable, error) {
+	if int(m.ValueSize()) != ctBucketSize {
+		return nil, fmt.Errorf("map %s: value size %d, want %d", m, m.ValueSize(), ctBucketSize)
+	}
+	n := int(m.MaxEntries())
+	size := (n*ctBucketSize + os.Getpagesize() - 1) &^ (os.Getpagesize() - 1)
+	mem, err := unix.Mmap(m.FD(), 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return nil, fmt.Errorf("map connection table into memory: %w", err)
+	}
+	return &ctTable{
+		m:       m,
+		mem:     mem,
+		buckets: unsafe.Slice((*directorCtBucket)(unsafe.Pointer(&mem[0])), n),
+		seed:    seed,
+	}, nil
+}
+
+// newMemCT is a table in Go memory, for tests of the rules themselves.
+func newMemCT(buckets int, seed uint64) *ctTable {
+	return &ctTable{buckets: make([]directorCtBucket, buckets), seed: seed}
+}
+
+func (t *ctTable) close() error {
+	if t.mem == nil {
+		return nil
+	}
+	err := unix.Munmap(t.mem)
+	t.mem, t.buckets = nil, nil
+	return err
+}
+
+// ctKey is a table key as the programs read it: 16 bytes, two words.
+type ctKey [2]uint64
+
+// ctVal is a slot's 32-byte value: a directorConn or a directorRnat.
+type ctVal = [32]byte
+
+type ctSlot struct {
+	Key ctKey
+	Val ctVal
+}
+
+func connCTKey(k directorConnKey) ctKey { return *(*ctKey)(unsafe.Pointer(&k)) }
+func rnatCTKey(k directorRnatKey) ctKey { return *(*ctKey)(unsafe.Pointer(&k)) }
+
+func ctConnKey(k ctKey) directorConnKey { return *(*directorConnKey)(unsafe.Pointer(&k)) }
+func ctRnatKey(k ctKey) directorRnatKey { return *(*directorRnatKey)(unsafe.Pointer(&k)) }
+
+func connVal(v *ctVal) *directorConn { return (*directorConn)(unsafe.Pointer(v)) }
+func rnatVal(v *ctVal) *directorRnat { return (*directorRnat)(unsafe.Pointer(v)) }
+
+func connCTVal(c directorConn) (v ctVal) {
+	*connVal(&v) = c
+	return v
+}
+
+func rnatCTVal(r directorRnat) (v ctVal) {
+	*rnatVal(&v) = r
+	return v
+}
+
+// ctHash mirrors ct_hash in bpf/lb.h: home and alternate bucket, and tag.
+func ctHash(k ctKey, seed uint64, n uint32) (home, alt, tag uint32) {
+	h := (k[0] ^ seed) * 0x9e3779b97f4a7c15
+	h = (h ^ h>>32 ^ k[1]) * 0xc2b2ae3d27d4eb4f
+	h ^= h >> 29
+	h *= 0x165667b19e3779f9
+	h ^= h >> 32
+	home = uint32((h & 0xffffffff) * uint64(n) >> 32)
+	alt = uint32((h >> 32) * uint64(n) >> 32)
+	tag = uint32(h*0x9e3779b97f4a7c15>>32) | 1
+	return home, alt, tag
+}
+
+func (t *ctTable) slot(b uint32, w int) *ctSlot {
+	return (*ctSlot)(unsafe.Pointer(&t.buckets[b].Slot[w]))
+}
+
+func (t *ctTable) lock(b uint32) {
+	l := &t.buckets[b].Lock
+	for i := 0; !atomic.CompareAndSwapUint32(l, 0, 1); i++ {
+		if i >= 64 {
+			runtime.Gosched()
+		}
+	}
+}
+
+func (t *ctTable) unlock(b uint32) { atomic.StoreUint32(&t.buckets[b].Lock, 0) }
+
+// findIn returns the way of bucket b holding k, or -1.
+func (t *ctTable) findIn(b uint32, k ctKey, tag uint32) int {
+	bk := &t.buckets[b]
+	for w := range ctWays {
+		if atomic.LoadUint32(&bk.Tag[w]) == tag && bk.Slot[w].Key == k {
+			return w
+		}
+	}
+	return -1
+}
+
+func (t *ctTable) find(k ctKey) (b uint32, w int) {
+	home, alt, tag := ctHash(k, t.seed, uint32(len(t.buckets)))
+	if w = t.findIn(home, k, tag); w >= 0 {
+		return home, w
+	}
+	return alt, t.findIn(alt, k, tag)
+}
+
+// lookup copies k's value.
+func (t *ctTable) lookup(k ctKey) (ctVal, bool) {
+	b, w := t.find(k)
+	if w < 0 {
+		return ctVal{}, false
+	}
+	return t.slot(b, w).Val, true
+}
+
+// update calls fn on k's value in place, under k's lock, and reports
+// whether k was there. The programs write without the lock: fn must only
+// store what is fine to lose to a packet's concurrent store.
+func (t *ctTable) update(k ctKey, fn func(v *ctVal)) bool {
+	home, _, _ := ctHash(k, t.seed, uint32(len(t.buckets)))
+	t.lock(home)
+	defer t.unlock(home)
+	b, w := t.find(k)
+	if w < 0 {
+		return false
+	}
+	fn(&t.slot(b, w).Val)
+	return true
+}
+
+// put inserts or overwrites k; it returns the value it replaced, if any.
+func (t *ctTable) put(k ctKey, v ctVal) (old ctVal, replaced bool, err error) {
+	home, alt, tag := ctHash(k, t.seed, uint32(len(t.buckets)))
+	t.lock(home)
+	defer t.unlock(home)
+	for _, b := range [2]uint32{home, alt} {
+		if w := t.findIn(b, k, tag); w >= 0 {
+			s := t.slot(b, w)
+			old = s.Val
+			s.Val = v
+			return old, true, nil
+		}
+	}
+	first, second := home, alt
+	if t.used(alt) < t.used(home) {
+		first, second = alt, home
+	}
+	if t.claim(first, k, v, tag) || t.claim(second, k, v, tag) {
+		return old, false, nil
+	}
+	return old, false, errTableFull
+}
+
+func (t *ctTable) used(b uint32) int {
+	n := 0
+	for w := range ctWays {
+		if atomic.LoadUint32(&t.buckets[b].Tag[w]) != 0 {
+			n++
+		}
+	}
+	return n
+}
+
+// claim writes k and v into a free slot of bucket b and publishes it.
+func (t *ctTable) claim(b uint32, k ctKey, v ctVal, tag uint32) bool {
+	bk := &t.buckets[b]
+	for w := range ctWays {
+		if !atomic.CompareAndSwapUint32(&bk.Tag[w], 0, ctTagBusy) {
+			continue
+		}
+		s := t.slot(b, w)
+		s.Key, s.Val = k, v
+		atomic.StoreUint32(&bk.Tag[w], tag) // release: key and value are visible first
+		return true
+	}
+	return false
+}
+
+// deleteIf removes k if doomed (nil: always), given its current value,
+// agrees; it returns the removed value.
+func (t *ctTable) deleteIf(k ctKey, doomed func(v *ctVal) bool) (ctVal, bool) {
+	home, alt, tag := ctHash(k, t.seed, uint32(len(t.buckets)))
+	t.lock(home)
+	defer t.unlock(home)
+	for _, b := range [2]uint32{home, alt} {
+		if w := t.findIn(b, k, tag); w >= 0 {
+			s := t.slot(b, w)
+			if doomed != nil && !doomed(&s.Val) {
+				return ctVal{}, false
+			}
+			v := s.Val
+			atomic.StoreUint32(&t.buckets[b].Tag[w], 0)
+			return v, true
+		}
+	}
+	return ctVal{}, false
+}
+
+// walk calls fn with a copy of every entry; it takes no lock, so entries
+// inserted or deleted meanwhile may or may not be seen.
+func (t *ctTable) walk(fn func(k ctKey, v *ctVal)) {
+	for b := range t.buckets {
+		bk := &t.buckets[b]
+		for w := range ctWays {
+			tag := atomic.LoadUint32(&bk.Tag[w])
+			if tag&1 == 0 {
+				continue
+			}
+			s := *t.slot(uint32(b), w)
+			// Reused while copied: it is another entry now.
+			if atomic.LoadUint32(&bk.Tag[w]) != tag {
+				continue
+			}
+			fn(s.Key, &s.Val)
+		}
+	}
+}
+
+// slots is the table's capacity in slots; the nominal capacity is ctLoad
+// of it.
+func (t *ctTable) slots() int { return len(t.buckets) * ctWays }
