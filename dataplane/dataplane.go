@@ -168,9 +168,9 @@ type Dataplane struct {
 	index *vipIndex
 	// conns and rnat are the connection and reverse-NAT tables, mapped.
 	conns, rnat *ctTable
-	tick  jiffyClock // how the programs read the time
-	neigh neighbours
-	links []link.Link
+	tick        jiffyClock // how the programs read the time
+	neigh       neighbours
+	links       []link.Link
 
 	front, inside iface
 

@@ -12,7 +12,9 @@ func flowHash(saddr uint32, ports uint32) uint32 {
 	return uint32(x)
 }
 
-// mhSlot is the Maglev slot the mh scheduler picks for a client.
+// mhSlot is the Maglev slot the mh scheduler picks for a client: the
+// hash scaled to the table by multiply-shift, which costs less than a
+// division and is as even.
 func mhSlot(k directorConnKey, size uint32) uint32 {
-	return flowHash(k.Saddr, uint32(k.Sport)<<16|uint32(k.Dport)) % size
+	return uint32(uint64(flowHash(k.Saddr, uint32(k.Sport)<<16|uint32(k.Dport))) * uint64(size) >> 32)
 }

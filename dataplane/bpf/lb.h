@@ -649,8 +649,11 @@ __attribute__((noinline)) int ct_used(struct ct_bucket *bk)
 	if (!bk)
 		return CT_WAYS;
 #pragma unroll
-	for (int w = 0; w < CT_WAYS; w++)
-		n += bk->tag[w] != 0;
+	for (int w = 0; w < CT_WAYS; w++) {
+		__u32 t = bk->tag[w];
+
+		n += (t | -t) >> 31; /* t != 0, without a branch */
+	}
 	return n;
 }
 
@@ -929,10 +932,10 @@ static __always_inline __s64 schedule(struct svc *s, struct flow *f, int by_flow
 
 	switch (by_flow ? SCHED_MH : s->sched) {
 	case SCHED_MH:
-		slot = flow_hash(f->key.saddr, ((__u32)f->key.sport << 16) | f->key.dport) % len;
+		slot = ((__u64)flow_hash(f->key.saddr, ((__u32)f->key.sport << 16) | f->key.dport) * len) >> 32;
 		break;
 	case SCHED_SH:
-		slot = flow_hash(f->key.saddr, 0) % len;
+		slot = ((__u64)flow_hash(f->key.saddr, 0) * len) >> 32;
 		break;
 	case SCHED_RR:
 	case SCHED_WRR: {
@@ -1044,7 +1047,9 @@ static __always_inline struct real *conn_select(struct svc *s, struct flow *f, _
 	__u32 idx;
 
 	ct_hash((__u64 *)&f->key, cfg->ct_seed, cfg->conn_buckets, &pos);
-	slot = ct_find(&conns, (__u64 *)&f->key, &pos);
+	/* A SYN opens a connection: the insert's search, under the lock,
+	 * finds a known one, so it needs no search of its own first. */
+	slot = f->syn && !f->ack ? NULL : ct_find(&conns, (__u64 *)&f->key, &pos);
 	if (slot) {
 		c = &slot->val.conn;
 		rs = conn_hit(s, f, c, now, rs_idx, cfg);
@@ -1105,11 +1110,23 @@ static __always_inline struct real *conn_select(struct svc *s, struct flow *f, _
 			recorded = 1;
 			break;
 		case CT_EXISTS: {
-			/* Another CPU opened the same flow first: its choice holds. */
-			struct real *won = conn_hit(s, f, &slot->val.conn, now, rs_idx, cfg);
+			/* Known already (a retransmitted SYN), or another CPU
+			 * opened the same flow first: the recorded choice holds. */
+			struct conn *c = &slot->val.conn;
+			struct real *won = conn_hit(s, f, c, now, rs_idx, cfg);
 
 			if (won)
 				return won;
+			/* Its realserver is gone: this pick takes its place. */
+			count(R_CONN_RESCHEDULED);
+			if (c->flags & CONN_F_NAT) {
+				struct rnat_key rk = {};
+
+				rnat_key_of(&rk, f, c->rs_addr, c->rs_port);
+				rnat_delete(&rk, cfg);
+			}
+			*c = nv.conn;
+			recorded = 1;
 			break;
 		}
 		default:
