@@ -148,6 +148,11 @@ func (t *ctTable) findIn(b uint32, k ctKey, tag uint32) int {
 
 func (t *ctTable) find(k ctKey) (b uint32, w int) {
 	home, alt, tag := ctHash(k, t.seed, uint32(len(t.buckets)))
+	return t.findBoth(home, alt, k, tag)
+}
+
+// findBoth returns the bucket and way holding k, w -1 if neither does.
+func (t *ctTable) findBoth(home, alt uint32, k ctKey, tag uint32) (b uint32, w int) {
 	if w = t.findIn(home, k, tag); w >= 0 {
 		return home, w
 	}
@@ -183,13 +188,11 @@ func (t *ctTable) put(k ctKey, v ctVal) (old ctVal, replaced bool, err error) {
 	home, alt, tag := ctHash(k, t.seed, uint32(len(t.buckets)))
 	t.lock(home)
 	defer t.unlock(home)
-	for _, b := range [2]uint32{home, alt} {
-		if w := t.findIn(b, k, tag); w >= 0 {
-			s := t.slot(b, w)
-			old = s.Val
-			s.Val = v
-			return old, true, nil
-		}
+	if b, w := t.findBoth(home, alt, k, tag); w >= 0 {
+		s := t.slot(b, w)
+		old = s.Val
+		s.Val = v
+		return old, true, nil
 	}
 	first, second := home, alt
 	if t.used(alt) < t.used(home) {
@@ -232,18 +235,17 @@ func (t *ctTable) deleteIf(k ctKey, doomed func(v *ctVal) bool) (ctVal, bool) {
 	home, alt, tag := ctHash(k, t.seed, uint32(len(t.buckets)))
 	t.lock(home)
 	defer t.unlock(home)
-	for _, b := range [2]uint32{home, alt} {
-		if w := t.findIn(b, k, tag); w >= 0 {
-			s := t.slot(b, w)
-			if doomed != nil && !doomed(&s.Val) {
-				return ctVal{}, false
-			}
-			v := s.Val
-			atomic.StoreUint32(&t.buckets[b].Tag[w], 0)
-			return v, true
-		}
+	b, w := t.findBoth(home, alt, k, tag)
+	if w < 0 {
+		return ctVal{}, false
 	}
-	return ctVal{}, false
+	s := t.slot(b, w)
+	if doomed != nil && !doomed(&s.Val) {
+		return ctVal{}, false
+	}
+	v := s.Val
+	atomic.StoreUint32(&t.buckets[b].Tag[w], 0)
+	return v, true
 }
 
 // walk calls fn with a copy of every entry; it takes no lock, so entries

@@ -13,11 +13,14 @@ func (d *Dataplane) Stats() (Stats, error) {
 		return Stats{}, ErrClosed
 	}
 	st := Stats{
-		Services:    make(map[ServiceKey]Counters),
-		Realservers: make(map[RealKey]Counters),
-		Active:      make(map[RealKey]int64),
-		Reasons:     make(map[Reason]uint64),
-		Conns:       d.st.conns,
+		Services:     make(map[ServiceKey]Counters),
+		Realservers:  make(map[RealKey]Counters),
+		Active:       make(map[RealKey]int64),
+		Reasons:      make(map[Reason]uint64),
+		Conns:        d.st.conns,
+		ConnCapacity: d.cfg.ConnTableSize,
+		ConnSlots:    d.conns.slots(),
+		TableBytes:   (len(d.conns.buckets) + len(d.rnat.buckets)) * ctBucketSize,
 	}
 	var per []directorCounters
 	for k, si := range d.st.svcs {

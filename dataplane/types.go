@@ -298,4 +298,8 @@ type Stats struct {
 	Reasons map[Reason]uint64
 	// Conns is the connection-table size at the last sweep.
 	Conns int
+	// ConnCapacity is the connection table's capacity
+	// (Config.ConnTableSize), ConnSlots the slots behind it, and
+	// TableBytes the memory of the connection and reverse-NAT tables.
+	ConnCapacity, ConnSlots, TableBytes int
 }

@@ -775,24 +775,28 @@ static __always_inline void ct_delete(void *map, const __u64 *key, struct ct_pos
 	ct_unlock(home);
 }
 
+static __always_inline union ct_val *ct_get(void *map, const void *key, __u32 n, struct config *cfg)
+{
+	struct ct_slot *s;
+	struct ct_pos p;
+
+	ct_hash(key, cfg->ct_seed, n, &p);
+	s = ct_find(map, key, &p);
+	return s ? &s->val : NULL;
+}
+
 static __always_inline struct conn *conn_find(struct conn_key *key, struct config *cfg)
 {
-	struct ct_pos p;
-	struct ct_slot *s;
+	union ct_val *v = ct_get(&conns, key, cfg->conn_buckets, cfg);
 
-	ct_hash((__u64 *)key, cfg->ct_seed, cfg->conn_buckets, &p);
-	s = ct_find(&conns, (__u64 *)key, &p);
-	return s ? &s->val.conn : NULL;
+	return v ? &v->conn : NULL;
 }
 
 static __always_inline struct rnat *rnat_find(struct rnat_key *key, struct config *cfg)
 {
-	struct ct_pos p;
-	struct ct_slot *s;
+	union ct_val *v = ct_get(&rnats, key, cfg->rnat_buckets, cfg);
 
-	ct_hash((__u64 *)key, cfg->ct_seed, cfg->rnat_buckets, &p);
-	s = ct_find(&rnats, (__u64 *)key, &p);
-	return s ? &s->val.rnat : NULL;
+	return v ? &v->rnat : NULL;
 }
 
 /* Packet facts the shared connection code needs. */
