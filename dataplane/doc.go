@@ -25,14 +25,21 @@
 //     one about a NAT connection that cannot be translated is dropped and
 //     counted, never passed to the kernel. Errors do not refresh
 //     connections.
-//   - The connection table (a hash, not an LRU), reverse-NAT and
-//     persistence tables, per-service lookup tables (Maglev, computed in
-//     dataplane/maglev), leases, per-CPU counters and the event ring.
+//   - The connection and reverse-NAT tables: arrays of two-choice,
+//     eight-way buckets (not an LRU; entries leave only through the
+//     sweeper, which reports them), mapped into the Go process, which
+//     lists, installs and expires entries in place (cttable.go). The
+//     programs find a connection with inlined loads and record a new one
+//     with a few atomics; a kernel hash map costs a call per lookup and a
+//     locked, freelist-backed insert of several hundred ns. Inserts and
+//     deletes of a key hold its home bucket's lock, so no key is ever
+//     recorded twice; lookups take no lock. The hash is seeded at random
+//     per load. Also persistence tables, per-service lookup tables
+//     (Maglev, computed in dataplane/maglev), leases, per-CPU counters
+//     and the event ring.
 //   - The address index: services and owned addresses in a two-choice,
-//     four-way bucketed array (vip_index), so the packet path finds them
-//     with inlined array loads; hash-map lookups are calls and cost far
-//     more. The only hash lookup of an established packet is its
-//     connection's.
+//     four-way bucketed array (vip_index), found with inlined array loads
+//     too. An established packet makes no hash-map lookup at all.
 //   - TC (tcx egress) on the front interface: the director's own packets
 //     whose mark SetTunProbe registered (the health prober's TUN probes,
 //     policy-routed towards the realserver's next hop) leave
