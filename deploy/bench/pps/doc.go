@@ -6,6 +6,8 @@
 // in a random order, so ratios are taken between runs minutes apart at
 // most; a path's own cost per packet is its time per packet minus the
 // straight path's. It writes a markdown section for BENCHMARKS.md.
+// -paths and -mixes pick a subset for quick iterations; the report then
+// leaves out what needs a path or mix that did not run.
 //
 // Test tooling, run as root by `make bench`: it execs ip(8), nft(8),
 // conntrack(8) and trafgen(8), and uses only 192.0.2.0/24, 198.51.100.0/24

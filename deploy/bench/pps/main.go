@@ -32,6 +32,8 @@ type options struct {
 	maxPkts int           // trafgen's own bound
 	conns   int           // raftlb connection-table size
 	out     string
+	paths   string // comma-separated path names; empty for all
+	mixes   string // comma-separated mix names; empty for all
 }
 
 func main() {
@@ -42,6 +44,8 @@ func main() {
 	flag.IntVar(&o.maxPkts, "max-packets", 3_000_000, "packet limit of each generator run")
 	flag.IntVar(&o.conns, "conns", 1<<21, "raftlb connection-table size (a new tuple per packet fills it at line rate)")
 	flag.StringVar(&o.out, "o", "bin/bench-pps.md", "markdown section to write")
+	flag.StringVar(&o.paths, "paths", "", "comma-separated paths to run (default all): "+strings.Join(names(allPaths, pathName), ","))
+	flag.StringVar(&o.mixes, "mixes", "", "comma-separated traffic mixes to run (default all): "+strings.Join(names(allMixes, mixName), ","))
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := runBench(ctx, o)
@@ -67,14 +71,67 @@ type mix struct {
 	udp        string // trafgen's udp() and the ipv4 source
 }
 
-var mixes = []mix{
+var allMixes = []mix{
 	{"1flow", "one flow", "saddr=" + clientAddr + "), udp(sp=40000, dp=9000"},
 	{"59k", "~59k flows", "saddr=" + clientAddr + "), udp(sp=dinc(1024, 60000), dp=9000"},
 	{"churn", "a new tuple per packet", "saddr=192.0.2.0, sa[3]=drnd()), udp(sp=drnd(1024, 65535), dp=9000"},
 }
 
+// allPaths lists every path in report order.
+var allPaths = []path{
+	{name: "direct", direct: true, setup: func(*bench) (func() error, error) { return func() error { return nil }, nil }},
+	{name: "bounce", setup: (*bench).setupBounce},
+	{name: "raftlb-dr", setup: raftlb(dataplane.DR)},
+	{name: "raftlb-tun", setup: raftlb(dataplane.TUN)},
+	{name: "raftlb-nat", setup: raftlb(dataplane.NAT)},
+	{name: "nft-jhash", setup: nft("jhash ip saddr . udp sport mod 3 seed 0xcafe")},
+	{name: "nft-numgen", setup: nft("numgen random mod 3")},
+}
+
+func pathName(p path) string { return p.name }
+func mixName(m mix) string   { return m.name }
+
+func names[T any](all []T, name func(T) string) []string {
+	var out []string
+	for _, x := range all {
+		out = append(out, name(x))
+	}
+	return out
+}
+
+// pick returns the elements of all named in list (comma-separated), in
+// all's order; an empty list picks all.
+func pick[T any](all []T, name func(T) string, list string) ([]T, error) {
+	if strings.TrimSpace(list) == "" {
+		return all, nil
+	}
+	want := map[string]bool{}
+	for _, n := range strings.Split(list, ",") {
+		n = strings.TrimSpace(n)
+		if n == "" {
+			continue
+		}
+		if !slices.Contains(names(all, name), n) {
+			return nil, fmt.Errorf("unknown name %q (want one of %s)", n, strings.Join(names(all, name), ","))
+		}
+		want[n] = true
+	}
+	var out []T
+	for _, x := range all {
+		if want[name(x)] {
+			out = append(out, x)
+		}
+	}
+	if len(out) == 0 {
+		return nil, errors.New("empty selection")
+	}
+	return out, nil
+}
+
 type bench struct {
 	o      options
+	paths  []path // selected, in report order
+	mixes  []mix  // selected, in report order
 	lab    *lab
 	dir    string // trafgen configs
 	sink   *ebpf.Program
@@ -90,8 +147,14 @@ func runBench(ctx context.Context, o options) error {
 		}
 	}
 	b := &bench{o: o, lab: &lab{prefix: fmt.Sprintf("rlbpb%d", os.Getpid())}}
-	defer b.close()
 	var err error
+	if b.paths, err = pick(allPaths, pathName, o.paths); err != nil {
+		return fmt.Errorf("parse -paths: %w", err)
+	}
+	if b.mixes, err = pick(allMixes, mixName, o.mixes); err != nil {
+		return fmt.Errorf("parse -mixes: %w", err)
+	}
+	defer b.close()
 	if b.dir, err = os.MkdirTemp("", "rlbpb"); err != nil {
 		return fmt.Errorf("create config dir: %w", err)
 	}
@@ -111,15 +174,6 @@ func runBench(ctx context.Context, o options) error {
 			}
 		}
 	}
-	paths := []path{
-		{name: "direct", direct: true, setup: func(*bench) (func() error, error) { return func() error { return nil }, nil }},
-		{name: "bounce", setup: (*bench).setupBounce},
-		{name: "raftlb-dr", setup: raftlb(dataplane.DR)},
-		{name: "raftlb-tun", setup: raftlb(dataplane.TUN)},
-		{name: "raftlb-nat", setup: raftlb(dataplane.NAT)},
-		{name: "nft-jhash", setup: nft("jhash ip saddr . udp sport mod 3 seed 0xcafe")},
-		{name: "nft-numgen", setup: nft("numgen random mod 3")},
-	}
 	res := make(results)
 	start := time.Now()
 	for c := range o.cycles {
@@ -128,8 +182,8 @@ func runBench(ctx context.Context, o options) error {
 			m mix
 		}
 		var ts []trial
-		for _, p := range paths {
-			for _, m := range mixes {
+		for _, p := range b.paths {
+			for _, m := range b.mixes {
 				ts = append(ts, trial{p, m})
 			}
 		}
@@ -189,7 +243,7 @@ func attachGeneric(dev string, p *ebpf.Program) (link.Link, error) {
 // writeConfigs writes one trafgen config per mix, to the VIP through the
 // director and to realserver 0 directly. 60-byte frames (64 on the wire).
 func (b *bench) writeConfigs() error {
-	for _, m := range mixes {
+	for _, m := range b.mixes {
 		for _, direct := range []bool{false, true} {
 			da, dst := dirFrontMAC.String(), vipAddr
 			if direct {
