@@ -2,9 +2,10 @@
 // network namespaces (prefix rlbpb): raftlb's DR, TUN and NAT paths against
 // an XDP program that only rewrites MACs and bounces, nftables DNAT (jhash
 // and numgen maps, as kube-proxy's nftables mode builds them) and the
-// client sending straight to a realserver. Every path runs once per cycle,
-// in a random order, so ratios are taken between runs minutes apart at
-// most; a path's own cost per packet is its time per packet minus the
+// client sending straight to a realserver. A TC program on each realserver
+// counts and drops (newSink says why not XDP). Every path runs once per
+// cycle, in a random order, so ratios are taken between runs minutes apart
+// at most; a path's own cost per packet is its time per packet minus the
 // straight path's. It writes a markdown section for BENCHMARKS.md.
 // -paths and -mixes pick a subset for quick iterations; the report then
 // leaves out what needs a path or mix that did not run.

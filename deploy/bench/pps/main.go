@@ -169,7 +169,7 @@ func runBench(ctx context.Context, o options) error {
 	}
 	for i := range nReals {
 		for _, dev := range []string{"eth0", "eth1"} {
-			if err := b.attachXDP(fmt.Sprintf("r%d", i), dev, b.sink); err != nil {
+			if err := b.attachSink(fmt.Sprintf("r%d", i), dev); err != nil {
 				return err
 			}
 		}
@@ -217,11 +217,16 @@ func (b *bench) close() {
 	}
 }
 
-func (b *bench) attachXDP(ns, dev string, p *ebpf.Program) error {
+// attachSink attaches the sink to dev's tcx ingress in namespace ns.
+func (b *bench) attachSink(ns, dev string) error {
 	return b.lab.do(ns, func() error {
-		l, err := attachGeneric(dev, p)
+		nl, err := netlink.LinkByName(dev)
 		if err != nil {
-			return err
+			return fmt.Errorf("look up %s: %w", dev, err)
+		}
+		l, err := link.AttachTCX(link.TCXOptions{Interface: nl.Attrs().Index, Program: b.sink, Attach: ebpf.AttachTCXIngress})
+		if err != nil {
+			return fmt.Errorf("attach sink to %s in %s: %w", dev, ns, err)
 		}
 		b.links = append(b.links, l)
 		return nil

@@ -89,7 +89,11 @@ func (b *bench) writeReport(r results, took time.Duration) error {
 	p := func(format string, args ...any) { fmt.Fprintf(&w, format, args...) }
 	p("## Packets per second through a director (netns lab)\n\n")
 	p("`go run ./deploy/bench/pps` (part of `make bench`, root): client → bridge → director → bridge → 3 realservers,\n")
-	p("veth pairs, generic XDP, 64-byte UDP frames from one trafgen on one CPU, counted and dropped by XDP on the realservers.\n")
+	p("veth pairs, generic XDP, 64-byte UDP frames from one trafgen on one CPU, counted and dropped on the realservers by a\n")
+	p("TC program (tcx ingress). The sink is TC, not XDP, because generic XDP copies every skb with less than 256 bytes of\n")
+	p("headroom: trafgen's frames have 16, so an XDP sink charged `direct` and `nft-*` a copy the director never made, and\n")
+	p("charged `raftlb-tun` a second one (the director's encapsulation leaves 252). The director's own generic XDP copy\n")
+	p("(once per packet on every XDP path, none on `nft-*`) is part of its cost in this lab.\n")
 	p("%d cycles; each cycle runs every path × traffic mix once in random order (%s counted per run after %s warm-up);\n",
 		b.o.cycles, b.o.window, b.o.warmup)
 	p("ratios are paired within a cycle. Medians, with [25th–75th percentile] and (min–max) across cycles. Total %s.\n\n", took.Round(time.Second))
