@@ -84,7 +84,22 @@ func (b *bench) ranMix(name string) bool {
 	return slices.ContainsFunc(b.mixes, func(m mix) bool { return m.name == name })
 }
 
-func (b *bench) writeReport(r results, took time.Duration) error {
+// perfOwn is a path's own cost per packet from perf, one value per round.
+func (b *bench) perfOwn(prof profiles, name, mix string) []float64 {
+	var own []string
+	for _, p := range b.paths {
+		if p.name == name {
+			own = p.own
+		}
+	}
+	var v []float64
+	for _, r := range prof[name][mix] {
+		v = append(v, r.own(own))
+	}
+	return v
+}
+
+func (b *bench) writeReport(r results, prof profiles, took time.Duration) error {
 	var w strings.Builder
 	p := func(format string, args ...any) { fmt.Fprintf(&w, format, args...) }
 	p("## Packets per second through a director (netns lab)\n\n")
@@ -96,7 +111,11 @@ func (b *bench) writeReport(r results, took time.Duration) error {
 	p("(once per packet on every XDP path, none on `nft-*`) is part of its cost in this lab.\n")
 	p("%d cycles; each cycle runs every path × traffic mix once in random order (%s counted per run after %s warm-up);\n",
 		b.o.cycles, b.o.window, b.o.warmup)
-	p("ratios are paired within a cycle. Medians, with [25th–75th percentile] and (min–max) across cycles. Total %s.\n\n", took.Round(time.Second))
+	p("ratios are paired within a cycle. Medians, with [25th–75th percentile] and (min–max) across cycles. Total %s", took.Round(time.Second))
+	if prof != nil {
+		p(" with the profiled runs")
+	}
+	p(".\n\n")
 	if len(b.paths) < len(allPaths) || len(b.mixes) < len(allMixes) {
 		p("**Partial run**: paths %s; mixes %s. Rows, ratios and targets that need another path are left out.\n\n",
 			strings.Join(names(b.paths, pathName), ", "), strings.Join(names(b.mixes, mixName), ", "))
@@ -104,10 +123,22 @@ func (b *bench) writeReport(r results, took time.Duration) error {
 	p("Paths: `direct` client straight to a realserver (no director); `bounce` an XDP program that only rewrites MACs and\n")
 	p("transmits (XDP_TX); `raftlb-*` the director dataplane (Maglev, connection table, events consumed by Run);\n")
 	p("`nft-*` nftables DNAT with conntrack, endpoint picked by a `jhash` or `numgen random` map (kube-proxy's nftables mode).\n")
-	p("Everything runs in the generator's softirq on one CPU, so packets/s = 1 / (cost per packet); about 1.4 µs of each\n")
-	p("packet is the generator, bridge, veths and sink, the same for every path, which compresses end-to-end ratios.\n")
-	p("A path's own cost is its ns/packet minus `direct`'s, paired by cycle: the director hop, including the second\n")
-	p("bridge crossing and the director's veth pair that every path pays (most of `bounce`'s own cost is that).\n\n")
+	p("Everything runs in the generator's softirq on one CPU, so packets/s = 1 / (cost per packet)")
+	if b.ran("direct") {
+		var ns []float64
+		for _, m := range b.mixes {
+			ns = append(ns, 1e9/summarize(r.values("direct", m.name)).med)
+		}
+		p("; `direct` takes %.1f µs a\n", summarize(ns).med/1e3)
+		p("packet (generator, bridge, veth pair, sink), which every path pays and which compresses end-to-end ratios")
+	}
+	p(".\n\n")
+	p("The director's own cost comes from perf (`perf record -e cpu-clock -F %d -a -g`, on for exactly the counted\n", perfFreq)
+	p("window of one extra run per path and mix after the cycles): the inclusive time of the functions that run only at the\n")
+	p("director on that path, over the packets the realservers counted meanwhile. It leaves out what every path pays (the\n")
+	p("generator, both bridge crossings, the veth pair into the director and the director's receive up to the point where\n")
+	p("its path begins), so it is the figure the targets compare. The older view, ns/packet minus `direct`'s paired by\n")
+	p("cycle, includes the second bridge crossing and the director's veth pair, and is kept as a secondary table.\n\n")
 
 	header := func(first string) {
 		p("| %s |", first)
@@ -126,8 +157,11 @@ func (b *bench) writeReport(r results, took time.Duration) error {
 		}
 		p("\n")
 	}
+	if prof != nil {
+		b.writePerf(p, header, r, prof)
+	}
 	if b.ran("direct") && len(b.paths) > 1 {
-		p("\n### Own cost per packet (ns, minus `direct`)\n\n")
+		p("\n### Secondary: ns/packet minus `direct` (includes the second bridge crossing and the director's veth pair)\n\n")
 		header("path")
 		for _, pt := range b.paths {
 			if pt.direct {
@@ -163,54 +197,50 @@ func (b *bench) writeReport(r results, took time.Duration) error {
 			p("\n")
 		}
 	}
-	// The ratio of two paths' own costs, paired by cycle.
+	// The ratio of two paths' own costs from perf, paired by round.
 	costRatio := func(a, bb, mix string) stat {
+		x, y := b.perfOwn(prof, a, mix), b.perfOwn(prof, bb, mix)
 		var v []float64
-		for c, pa := range r[a][mix] {
-			pb, ok1 := r[bb][mix][c]
-			pd, ok2 := r["direct"][mix][c]
-			if ok1 && ok2 {
-				v = append(v, (1e9/pa-1e9/pd)/(1e9/pb-1e9/pd))
-			}
+		for i := range min(len(x), len(y)) {
+			v = append(v, x[i]/y[i])
 		}
 		return summarize(v)
 	}
-	// need lists the paths and mix a target is computed from.
-	type need struct {
+	type row struct {
+		t     target
 		paths []string
 		mix   string
+		perf  bool // needs the perf runs
 	}
-	pr := func(a, bb, mix string) (stat, need) {
-		return summarize(r.paired(a, bb, mix, ratio)), need{[]string{a, bb}, mix}
+	pr := func(what string, goal float64, a, bb, mix string) row {
+		return row{target{what, summarize(r.paired(a, bb, mix, ratio)), goal, false}, []string{a, bb}, mix, false}
 	}
-	cr := func(a, bb, mix string) (stat, need) {
-		return costRatio(a, bb, mix), need{[]string{a, bb, "direct"}, mix}
-	}
-	type row struct {
-		t target
-		n need
-	}
-	mk := func(what string, goal float64, below bool, f func(a, bb, mix string) (stat, need), a, bb, mix string) row {
-		s, n := f(a, bb, mix)
-		return row{target{what, s, goal, below}, n}
+	cr := func(what string, goal float64, a, bb, mix string) row {
+		return row{target{what, costRatio(a, bb, mix), goal, true}, []string{a, bb}, mix, true}
 	}
 	rows := []row{
-		mk("raftlb-dr / bounce, one flow", 0.9, false, pr, "raftlb-dr", "bounce", "1flow"),
-		mk("raftlb-dr / bounce, ~59k flows", 0.9, false, pr, "raftlb-dr", "bounce", "59k"),
-		mk("raftlb-tun / bounce, one flow", 0.9, false, pr, "raftlb-tun", "bounce", "1flow"),
-		mk("raftlb-tun / bounce, ~59k flows", 0.9, false, pr, "raftlb-tun", "bounce", "59k"),
-		mk("own cost raftlb-nat / nft-jhash, ~59k flows", 0.5, true, cr, "raftlb-nat", "nft-jhash", "59k"),
-		mk("own cost raftlb-nat / nft-numgen, ~59k flows", 0.5, true, cr, "raftlb-nat", "nft-numgen", "59k"),
-		mk("own cost raftlb-dr / nft-jhash, ~59k flows", 0.5, true, cr, "raftlb-dr", "nft-jhash", "59k"),
-		mk("raftlb-nat / nft-jhash, new tuple per packet", 2, false, pr, "raftlb-nat", "nft-jhash", "churn"),
-		mk("raftlb-nat / nft-numgen, new tuple per packet", 2, false, pr, "raftlb-nat", "nft-numgen", "churn"),
-		mk("raftlb-dr / nft-numgen, new tuple per packet", 2, false, pr, "raftlb-dr", "nft-numgen", "churn"),
+		pr("raftlb-dr / bounce, one flow", 0.9, "raftlb-dr", "bounce", "1flow"),
+		pr("raftlb-dr / bounce, ~59k flows", 0.9, "raftlb-dr", "bounce", "59k"),
+		pr("raftlb-tun / bounce, one flow", 0.9, "raftlb-tun", "bounce", "1flow"),
+		pr("raftlb-tun / bounce, ~59k flows", 0.9, "raftlb-tun", "bounce", "59k"),
+		cr("own cost (perf) raftlb-nat / nft-jhash, ~59k flows", 0.5, "raftlb-nat", "nft-jhash", "59k"),
+		cr("own cost (perf) raftlb-nat / nft-numgen, ~59k flows", 0.5, "raftlb-nat", "nft-numgen", "59k"),
+		cr("own cost (perf) raftlb-dr / nft-jhash, ~59k flows", 0.5, "raftlb-dr", "nft-jhash", "59k"),
+		pr("raftlb-nat / nft-jhash, new tuple per packet", 2, "raftlb-nat", "nft-jhash", "churn"),
+		pr("raftlb-nat / nft-numgen, new tuple per packet", 2, "raftlb-nat", "nft-numgen", "churn"),
+		pr("raftlb-dr / nft-numgen, new tuple per packet", 2, "raftlb-dr", "nft-numgen", "churn"),
 	}
 	var targets []target
+	skippedPerf := false
 	for _, rw := range rows {
-		if b.ranMix(rw.n.mix) && !slices.ContainsFunc(rw.n.paths, func(s string) bool { return !b.ran(s) }) {
-			targets = append(targets, rw.t)
+		if !b.ranMix(rw.mix) || slices.ContainsFunc(rw.paths, func(s string) bool { return !b.ran(s) }) {
+			continue
 		}
+		if rw.perf && prof == nil {
+			skippedPerf = true
+			continue
+		}
+		targets = append(targets, rw.t)
 	}
 	if len(targets) > 0 {
 		p("\n### Targets\n\n| target | median [IQR] | goal | met |\n| --- | ---: | ---: | --- |\n")
@@ -222,6 +252,12 @@ func (b *bench) writeReport(r results, took time.Duration) error {
 			}
 			p("| %s | %.2f [%.2f–%.2f] | %s %.2f | %s |\n", t.what, t.got.med, t.got.q1, t.got.q3, cmp, t.goal, yesNo(met))
 		}
+		if prof != nil && b.o.perfRuns == 1 {
+			p("\nOwn-cost targets come from one profiled run per path and mix, so their IQR is a single value.\n")
+		}
+	}
+	if skippedPerf {
+		p("\nOwn-cost targets left out: run without `-perf=false` to measure them.\n")
 	}
 	if b.memory != "" {
 		p("\n### Connection table\n\n%s.\n", b.memory)
@@ -235,6 +271,98 @@ func (b *bench) writeReport(r results, took time.Duration) error {
 		return fmt.Errorf("write report: %w", err)
 	}
 	return nil
+}
+
+// writePerf writes the perf-based own cost, the functions it sums and a
+// breakdown.
+func (b *bench) writePerf(p func(string, ...any), header func(string), r results, prof profiles) {
+	p("\n### Director's own cost per packet (ns, perf)\n\n")
+	header("path")
+	for _, pt := range b.paths {
+		if len(pt.own) == 0 {
+			continue
+		}
+		p("| %s |", pt.name)
+		for _, m := range b.mixes {
+			s := summarize(b.perfOwn(prof, pt.name, m.name))
+			if b.o.perfRuns > 1 {
+				p(" %.0f (%.0f–%.0f) |", s.med, s.lo, s.hi)
+			} else {
+				p(" %.0f |", s.med)
+			}
+		}
+		p("\n")
+	}
+	p("\nFunctions summed (inclusive time; none nests in another):\n\n")
+	for _, pt := range b.paths {
+		if len(pt.own) == 0 {
+			continue
+		}
+		var ls []string
+		for _, s := range pt.own {
+			ls = append(ls, symLabel(s))
+		}
+		p("- %s: %s\n", pt.name, strings.Join(ls, " + "))
+	}
+	p("\n`do_xdp_generic` runs only at the director's front (the one XDP program in the lab) and includes its XDP_TX\n")
+	p("up to the hand-over to the next veth's backlog (`generic_xdp_tx`, `veth_xmit`), not what happens after; the other\n")
+	p("hops call it too and return at once (a few ns). `ip_rcv` runs only at the director: the sink drops at tcx ingress.\n")
+	p("The tcx dispatch around `tc_front` is inlined into `__netif_receive_skb_core`, which every hop runs, and is left out.\n")
+
+	// Breakdown: columns for the functions that show up anywhere.
+	var cols []int
+	for i, bd := range breakdown {
+		for _, pt := range b.paths {
+			for _, m := range b.mixes {
+				for _, run := range prof[pt.name][m.name] {
+					if run.ns(bd.sym) >= 1 && !slices.Contains(cols, i) {
+						cols = append(cols, i)
+					}
+				}
+			}
+		}
+	}
+	slices.Sort(cols)
+	p("\nPer profiled run (median over runs): packets/s while perf recorded and the cycles' median without it (perf's\n")
+	p("sampling and this machine's drift both show in the difference), ns per packet under perf (1 / pps), the own cost,\n")
+	p("and functions inside it:\n\n")
+	p("| path | mix | pps under perf | pps in the cycles | ns/packet under perf | own |")
+	for _, c := range cols {
+		p(" %s |", symLabel(breakdown[c].sym))
+	}
+	p("\n| --- | --- | ---: | ---: | ---: | ---: |%s\n", strings.Repeat(" ---: |", len(cols)))
+	for _, pt := range b.paths {
+		if len(pt.own) == 0 {
+			continue
+		}
+		for _, m := range b.mixes {
+			runs := prof[pt.name][m.name]
+			med := func(f func(perfRun) float64) float64 {
+				var v []float64
+				for _, r := range runs {
+					v = append(v, f(r))
+				}
+				return summarize(v).med
+			}
+			pps := med(func(r perfRun) float64 { return r.w.pps() })
+			p("| %s | %s | %.0fk | %.0fk | %.0f | %.0f |", pt.name, m.name, pps/1e3, summarize(r.values(pt.name, m.name)).med/1e3,
+				1e9/pps, med(func(r perfRun) float64 { return r.own(pt.own) }))
+			for _, c := range cols {
+				v := med(func(r perfRun) float64 { return r.ns(breakdown[c].sym) })
+				if v < 1 {
+					p(" – |")
+				} else {
+					p(" %.0f |", v)
+				}
+			}
+			p("\n")
+		}
+	}
+	p("\n")
+	for _, c := range cols {
+		p("%s: %s. ", symLabel(breakdown[c].sym), breakdown[c].what)
+	}
+	p("\n")
 }
 
 func yesNo(b bool) string {
