@@ -18,12 +18,14 @@ import (
 )
 
 // The director's own cost from perf: cpu-clock samples on every CPU, with
-// call graphs, while a run is counted; a path's own cost per packet is the
-// inclusive time of the kernel functions (and BPF programs) that run only
-// at the director on that path, divided by the packets the realservers
-// counted meanwhile. Unlike the ns/packet minus `direct`, it leaves out
-// the second bridge crossing and the veth pair into the director, which
-// every path pays.
+// call graphs, while a run is counted. A sample is the director's if any
+// frame of its call chain is one of the functions (or BPF programs) that
+// run only at the director on that path; its own cost per packet is the
+// time of those samples over the packets the realservers counted
+// meanwhile. perf report --parent counts each sample once, under the
+// innermost matching frame, so the functions may nest in one another.
+// Unlike the ns/packet minus `direct`, this leaves out the second bridge
+// crossing and the veth pair into the director, which every path pays.
 //
 // Why those functions are the director's alone, with the sink in TC:
 //   - do_xdp_generic: only the director runs an XDP program. veth hands
@@ -37,9 +39,20 @@ import (
 //     bpf_redirect_neigh out of the inside interface). The tcx dispatch
 //     around the program is inlined into __netif_receive_skb_core, which
 //     every hop runs, and is not counted.
-//   - nftables: ip_rcv (prerouting with conntrack and DNAT, forwarding,
-//     output, the transmit to the inside veth). Nothing else in the lab
-//     reaches the IP layer: the sink drops at tcx ingress, before it.
+//   - nftables: ip_rcv and the functions it reaches by tail calls. ip_rcv
+//     ends in NF_HOOK(..., ip_rcv_finish), compiled as a jump, and so do
+//     ip_rcv_finish (into ip_forward), ip_forward (ip_forward_finish) and
+//     ip_forward_finish (ip_output): their frames replace the caller's, so
+//     forwarding and output (~30% of the director's time at ~59k flows)
+//     sit under __netif_receive_skb_one_core with no ip_rcv frame. Nothing
+//     else in the lab reaches the IP layer: the sink drops at tcx ingress,
+//     before it.
+//
+// Checked on perf script call chains (bounce, raftlb-nat, raftlb-tun,
+// nft-jhash at ~59k flows): no bridge, sink or receive frame is nested
+// inside these functions, and no frame that only the director runs
+// (routing, the XDP and TC programs, the copy, the transmit to the next
+// veth) is found outside them.
 const (
 	perfFreq  = 4999
 	perfSlack = 30 * time.Second // beyond a run's own length, for perf's start and its writing out
@@ -57,42 +70,67 @@ func symLabel(sym string) string {
 	return "`" + sym + "`"
 }
 
+// parentRegex is perf report's --parent pattern for syms.
+func parentRegex(syms []string) string {
+	var alt []string
+	for _, s := range syms {
+		if n, ok := strings.CutPrefix(s, "bpf_prog:"); ok {
+			alt = append(alt, "bpf_prog_[0-9a-f]+_"+regexp.QuoteMeta(n))
+		} else {
+			alt = append(alt, regexp.QuoteMeta(s))
+		}
+	}
+	return "^(" + strings.Join(alt, "|") + ")$"
+}
+
 var (
 	xdpOwn = []string{"do_xdp_generic"}
 	natOwn = []string{"do_xdp_generic", bpfSym("tc_front"), "skb_do_redirect"}
-	nftOwn = []string{"ip_rcv"}
+	nftOwn = []string{"ip_rcv", "ip_rcv_finish", "ip_forward", "ip_forward_finish", "ip_output",
+		"ip_finish_output", "__ip_finish_output", "ip_finish_output2"}
 )
 
-// breakdown lists functions reported on their own, inside the director's
-// own cost.
+// breakdown lists functions whose inclusive time the report shows apart,
+// inside the director's own cost.
 var breakdown = []struct{ sym, what string }{
-	{"pskb_expand_head", "generic XDP's copy"},
+	{"pskb_expand_head", "generic XDP's copy into 256 bytes of headroom"},
+	{"__pskb_pull_tail", "generic XDP's linearizing of trafgen's paged skb, which frees its page (the nft paths free it at the sink, outside their own cost)"},
 	{bpfSym("xdp_front"), "raftlb's XDP program"},
 	{bpfSym("pps_bounce"), "the bounce program"},
 	{"generic_xdp_tx", "XDP_TX to the veth"},
 	{bpfSym("tc_front"), "raftlb's TC program"},
-	{"skb_do_redirect", "the NAT redirect"},
+	{"skb_do_redirect", "the NAT redirect (route lookup, neighbour, transmit)"},
+	{"ip_rcv", "the part of the nft director's time under an ip_rcv frame; the tail calls take the rest out of it"},
 	{"nf_conntrack_in", "conntrack"},
 	{"nft_do_chain", "nftables rules"},
-	{"ip_forward", "forwarding and output"},
 }
 
-// A profile is perf report's inclusive shares for one recording.
+// A profile is what perf report says about one recording.
 type profile struct {
 	samples string             // perf's own rounding, e.g. "20K"
 	cpuNS   float64            // event count: CPU time sampled, ns
-	incl    map[string]float64 // inclusive share of cpuNS, percent
+	incl    map[string]float64 // inclusive share of cpuNS by function within the own samples, percent
+	own     float64            // share of cpuNS in samples with an own function on their chain, percent
 }
 
 var (
-	reportLine = regexp.MustCompile(`^\s*([\d.]+)%\s+([\d.]+)%\s+\[[^\]]*\]\s+(\S+)`)
-	bpfProg    = regexp.MustCompile(`^bpf_prog_[0-9a-f]+_(\w+)$`)
+	childrenLine = regexp.MustCompile(`^\s*([\d.]+)%\s+([\d.]+)%\s+\[[^\]]*\]\s+(\S+)`)
+	parentLine   = regexp.MustCompile(`^\s*([\d.]+)%\s+(\S+)\s*$`)
+	bpfProg      = regexp.MustCompile(`^bpf_prog_[0-9a-f]+_(\w+)$`)
 )
 
-// parseReport reads the output of perf report --children --sort sym
-// --stdio -g none.
-func parseReport(r io.Reader) (profile, error) {
-	p := profile{incl: map[string]float64{}}
+// A report is one perf report --stdio output: its header and its lines'
+// shares by symbol (BPF programs as bpfSym, summed over tags).
+type report struct {
+	samples string
+	cpuNS   float64
+	share   map[string]float64
+}
+
+// parseReport reads perf report --stdio -g none output, sorted by sym
+// with --children (two percentages) or by parent (one).
+func parseReport(r io.Reader) (report, error) {
+	p := report{share: map[string]float64{}}
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
@@ -104,30 +142,35 @@ func parseReport(r io.Reader) (profile, error) {
 		if v, ok := strings.CutPrefix(line, "# Event count (approx.): "); ok {
 			n, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
 			if err != nil {
-				return profile{}, fmt.Errorf("parse event count %q: %w", v, err)
+				return report{}, fmt.Errorf("parse event count %q: %w", v, err)
 			}
 			p.cpuNS = n
 			continue
 		}
-		m := reportLine.FindStringSubmatch(line)
-		if m == nil {
+		if strings.HasPrefix(line, "#") {
+			continue
+		}
+		m := childrenLine.FindStringSubmatch(line)
+		if m != nil {
+			m = []string{m[0], m[1], m[3]}
+		} else if m = parentLine.FindStringSubmatch(line); m == nil {
 			continue
 		}
 		share, err := strconv.ParseFloat(m[1], 64)
 		if err != nil {
-			return profile{}, fmt.Errorf("parse share in %q: %w", line, err)
+			return report{}, fmt.Errorf("parse share in %q: %w", line, err)
 		}
-		sym := m[3]
+		sym := m[2]
 		if b := bpfProg.FindStringSubmatch(sym); b != nil {
 			sym = bpfSym(b[1])
 		}
-		p.incl[sym] += share
+		p.share[sym] += share
 	}
 	if err := sc.Err(); err != nil {
-		return profile{}, fmt.Errorf("read perf report: %w", err)
+		return report{}, fmt.Errorf("read perf report: %w", err)
 	}
-	if p.cpuNS == 0 || len(p.incl) == 0 {
-		return profile{}, errors.New("perf report has no samples")
+	if p.cpuNS == 0 {
+		return report{}, errors.New("perf report has no samples")
 	}
 	return p, nil
 }
@@ -138,20 +181,16 @@ type perfRun struct {
 	prof profile
 }
 
-// ns is sym's inclusive time per packet counted.
-func (r perfRun) ns(sym string) float64 {
-	return r.prof.incl[sym] / 100 * r.prof.cpuNS / float64(r.w.packets)
+// perPacket converts a share of the sampled time into ns per packet.
+func (r perfRun) perPacket(share float64) float64 {
+	return share / 100 * r.prof.cpuNS / float64(r.w.packets)
 }
 
-// own is the summed inclusive time per packet of syms, which must not
-// nest in one another.
-func (r perfRun) own(syms []string) float64 {
-	var t float64
-	for _, s := range syms {
-		t += r.ns(s)
-	}
-	return t
-}
+// ns is sym's inclusive time per packet counted, within the own samples.
+func (r perfRun) ns(sym string) float64 { return r.perPacket(r.prof.incl[sym]) }
+
+// own is the director's own time per packet.
+func (r perfRun) own() float64 { return r.perPacket(r.prof.own) }
 
 // profiles[path][mix] holds the profiled runs, one per round.
 type profiles map[string]map[string][]perfRun
@@ -195,7 +234,7 @@ func (b *bench) profileAll(ctx context.Context) (profiles, error) {
 			if err != nil {
 				return nil, fmt.Errorf("profile %s %s: %w", t.p.name, t.m.name, err)
 			}
-			prof, err := perfReport(ctx, data)
+			prof, err := perfReport(ctx, data, t.p.own)
 			if err != nil {
 				return nil, fmt.Errorf("profile %s %s: %w", t.p.name, t.m.name, err)
 			}
@@ -204,28 +243,53 @@ func (b *bench) profileAll(ctx context.Context) (profiles, error) {
 			}
 			r := perfRun{w, prof}
 			out.add(t.p.name, t.m.name, r)
-			fmt.Fprintf(os.Stderr, "pps: perf %s %s: %.0fk pps, own %.0f ns/packet\n", t.p.name, t.m.name, w.pps()/1e3, r.own(t.p.own))
+			fmt.Fprintf(os.Stderr, "pps: perf %s %s: %.0fk pps, own %.0f ns/packet\n", t.p.name, t.m.name, w.pps()/1e3, r.own())
 		}
 	}
 	return out, nil
 }
 
-// perfReport runs perf report on data, keeps its text next to it and
-// parses it.
-func perfReport(ctx context.Context, data string) (profile, error) {
+// perfReport runs perf report on data twice (samples by the innermost
+// function of own on their chain; inclusive time by function within those
+// samples), keeps the text next to it and parses it.
+func perfReport(ctx context.Context, data string, own []string) (profile, error) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	var stderr strings.Builder
-	cmd := exec.CommandContext(ctx, "perf", "report", "-i", data, "--children", "--sort", "sym", "--stdio", "-g", "none")
-	cmd.Stderr = &stderr
-	text, err := cmd.Output()
+	run := func(args ...string) (report, error) {
+		var stderr strings.Builder
+		cmd := exec.CommandContext(ctx, "perf", append([]string{"report", "-i", data, "--stdio", "-g", "none"}, args...)...)
+		cmd.Stderr = &stderr
+		text, err := cmd.Output()
+		if err != nil {
+			return report{}, fmt.Errorf("perf report: %w: %s", err, strings.TrimSpace(stderr.String()))
+		}
+		f, err := os.OpenFile(strings.TrimSuffix(data, ".data")+".txt", os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+		if err != nil {
+			return report{}, fmt.Errorf("keep perf report: %w", err)
+		}
+		fmt.Fprintf(f, "# perf report %s\n%s\n", strings.Join(args, " "), text)
+		if err := f.Close(); err != nil {
+			return report{}, fmt.Errorf("keep perf report: %w", err)
+		}
+		return parseReport(strings.NewReader(string(text)))
+	}
+	parents, err := run("--no-children", "--sort", "parent", "--parent", parentRegex(own))
 	if err != nil {
-		return profile{}, fmt.Errorf("perf report: %w: %s", err, strings.TrimSpace(stderr.String()))
+		return profile{}, err
 	}
-	if err := os.WriteFile(strings.TrimSuffix(data, ".data")+".txt", text, 0o644); err != nil {
-		return profile{}, fmt.Errorf("keep perf report: %w", err)
+	// -x: only the director's samples, so a function's inclusive time is
+	// what it takes there (__pskb_pull_tail, say, also runs at the bridge).
+	incl, err := run("--children", "--sort", "sym", "--parent", parentRegex(own), "-x")
+	if err != nil {
+		return profile{}, err
 	}
-	return parseReport(strings.NewReader(string(text)))
+	p := profile{samples: incl.samples, cpuNS: incl.cpuNS, incl: incl.share}
+	for sym, share := range parents.share {
+		if sym != "[other]" {
+			p.own += share
+		}
+	}
+	return p, nil
 }
 
 // A recorder is perf record on every CPU, started with its events off and

@@ -1,15 +1,18 @@
 package main
 
 import (
+	"regexp"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 )
 
-// A trimmed perf report --children --sort sym --stdio -g none.
-const report = `# To display the perf.data header info, please use --header/--header-only options.
+// Trimmed outputs of perf report --stdio -g none.
+const (
+	childrenReport = `# To display the perf.data header info, please use --header/--header-only options.
 #
 # Total Lost Samples: 0
 #
@@ -33,29 +36,61 @@ const report = `# To display the perf.data header info, please use --header/--he
 # (Cannot load tips.txt file, please install perf!)
 #
 `
+	parentReport = `# Total Lost Samples: 0
+#
+# Samples: 14K of event 'cpu-clock'
+# Event count (approx.): 2993798640
+#
+# Overhead  Parent symbol     
+# ........  ..................
+#
+    85.45%  [other]           
+    10.04%  ip_rcv            
+     2.49%  ip_finish_output2 
+     1.20%  ip_output         
+`
+)
+
+var approx = cmpopts.EquateApprox(0, 1e-9)
 
 func TestParseReport(t *testing.T) {
-	got, err := parseReport(strings.NewReader(report))
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := profile{
-		samples: "14K",
-		cpuNS:   3e9,
-		incl: map[string]float64{
-			"do_syscall_64":      96.86,
-			"0x0000000000496661": 47.01,
-			"do_xdp_generic":     6.40,
-			"skb_do_redirect":    4.73,
-			bpfSym("xdp_front"):  3.92,
-			bpfSym("tc_front"):   2.20, // two programs of that name, summed
-			"pskb_expand_head":   0.85,
-		},
-	}
-	if diff := cmp.Diff(want, got, cmp.AllowUnexported(profile{}), cmp.Comparer(func(a, b float64) bool {
-		return a-b < 1e-9 && b-a < 1e-9
-	})); diff != "" {
-		t.Errorf("parseReport (-want +got):\n%s", diff)
+	for _, tc := range []struct {
+		name, text string
+		want       report
+	}{
+		{"children", childrenReport, report{
+			samples: "14K",
+			cpuNS:   3e9,
+			share: map[string]float64{
+				"do_syscall_64":      96.86,
+				"0x0000000000496661": 47.01,
+				"do_xdp_generic":     6.40,
+				"skb_do_redirect":    4.73,
+				bpfSym("xdp_front"):  3.92,
+				bpfSym("tc_front"):   2.20, // two programs of that name, summed
+				"pskb_expand_head":   0.85,
+			},
+		}},
+		{"parent", parentReport, report{
+			samples: "14K",
+			cpuNS:   2993798640,
+			share: map[string]float64{
+				"[other]":           85.45,
+				"ip_rcv":            10.04,
+				"ip_finish_output2": 2.49,
+				"ip_output":         1.20,
+			},
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := parseReport(strings.NewReader(tc.text))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tc.want, got, cmp.AllowUnexported(report{}), approx); diff != "" {
+				t.Errorf("parseReport (-want +got):\n%s", diff)
+			}
+		})
 	}
 }
 
@@ -65,23 +100,37 @@ func TestParseReportEmpty(t *testing.T) {
 	}
 }
 
-func TestPerfRunOwn(t *testing.T) {
-	p, err := parseReport(strings.NewReader(report))
-	if err != nil {
-		t.Fatal(err)
-	}
-	// 3 s of CPU sampled while 100k packets were counted: 30 µs a packet.
-	r := perfRun{window{packets: 100_000, dur: time.Second}, p}
-	for _, tc := range []struct {
-		syms []string
-		want float64
-	}{
-		{xdpOwn, 1920},              // 6.40% of 30 µs
-		{natOwn, 1920 + 660 + 1419}, // + tc_front 2.20%, skb_do_redirect 4.73%
-		{nftOwn, 0},
+func TestParentRegex(t *testing.T) {
+	re := regexp.MustCompile(parentRegex(natOwn)) // Go's syntax agrees with POSIX ERE here
+	for sym, want := range map[string]bool{
+		"do_xdp_generic":                      true,
+		"skb_do_redirect":                     true,
+		"bpf_prog_47ccede8278cd02b_tc_front":  true,
+		"bpf_prog_47ccede8278cd02b_xdp_front": false,
+		"bpf_prog_47ccede8278cd02b_tc_front2": false,
+		"do_xdp_generic.cold":                 false,
+		"skb_do_redirect_x":                   false,
 	} {
-		if got := r.own(tc.syms); got < tc.want-0.5 || got > tc.want+0.5 {
-			t.Errorf("own(%v) = %.1f ns, want %.0f", tc.syms, got, tc.want)
+		if got := re.MatchString(sym); got != want {
+			t.Errorf("parentRegex(natOwn) matches %s: %v, want %v", sym, got, want)
 		}
+	}
+}
+
+func TestPerfRunPerPacket(t *testing.T) {
+	// 3 s of CPU sampled while 100k packets were counted: 30 µs a packet.
+	r := perfRun{window{packets: 100_000, dur: time.Second}, profile{
+		cpuNS: 3e9,
+		incl:  map[string]float64{"do_xdp_generic": 6.4},
+		own:   14.55,
+	}}
+	if diff := cmp.Diff(1920.0, r.ns("do_xdp_generic"), approx); diff != "" {
+		t.Errorf("ns(do_xdp_generic) (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff(4365.0, r.own(), approx); diff != "" {
+		t.Errorf("own() (-want +got):\n%s", diff)
+	}
+	if got := r.ns("ip_rcv"); got != 0 {
+		t.Errorf("ns of a function without samples = %v, want 0", got)
 	}
 }

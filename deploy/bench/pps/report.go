@@ -86,15 +86,9 @@ func (b *bench) ranMix(name string) bool {
 
 // perfOwn is a path's own cost per packet from perf, one value per round.
 func (b *bench) perfOwn(prof profiles, name, mix string) []float64 {
-	var own []string
-	for _, p := range b.paths {
-		if p.name == name {
-			own = p.own
-		}
-	}
 	var v []float64
 	for _, r := range prof[name][mix] {
-		v = append(v, r.own(own))
+		v = append(v, r.own())
 	}
 	return v
 }
@@ -273,8 +267,8 @@ func (b *bench) writeReport(r results, prof profiles, took time.Duration) error 
 	return nil
 }
 
-// writePerf writes the perf-based own cost, the functions it sums and a
-// breakdown.
+// writePerf writes the perf-based own cost, the functions that mark the
+// director's samples and a breakdown.
 func (b *bench) writePerf(p func(string, ...any), header func(string), r results, prof profiles) {
 	p("\n### Director's own cost per packet (ns, perf)\n\n")
 	header("path")
@@ -293,7 +287,7 @@ func (b *bench) writePerf(p func(string, ...any), header func(string), r results
 		}
 		p("\n")
 	}
-	p("\nFunctions summed (inclusive time; none nests in another):\n\n")
+	p("\nA sample is the director's if any frame of its call chain is one of these (counted once, by `perf report --parent`):\n\n")
 	for _, pt := range b.paths {
 		if len(pt.own) == 0 {
 			continue
@@ -302,11 +296,13 @@ func (b *bench) writePerf(p func(string, ...any), header func(string), r results
 		for _, s := range pt.own {
 			ls = append(ls, symLabel(s))
 		}
-		p("- %s: %s\n", pt.name, strings.Join(ls, " + "))
+		p("- %s: %s\n", pt.name, strings.Join(ls, ", "))
 	}
 	p("\n`do_xdp_generic` runs only at the director's front (the one XDP program in the lab) and includes its XDP_TX\n")
 	p("up to the hand-over to the next veth's backlog (`generic_xdp_tx`, `veth_xmit`), not what happens after; the other\n")
-	p("hops call it too and return at once (a few ns). `ip_rcv` runs only at the director: the sink drops at tcx ingress.\n")
+	p("hops call it too and return at once (a few ns). The IP functions run only at the director (the sink drops at tcx\n")
+	p("ingress); all of them are listed because `ip_rcv` reaches forwarding and output by tail calls, which take its frame\n")
+	p("off the stack: `ip_rcv` alone misses about a third of the director's time on the nft paths (see its column below).\n")
 	p("The tcx dispatch around `tc_front` is inlined into `__netif_receive_skb_core`, which every hop runs, and is left out.\n")
 
 	// Breakdown: columns for the functions that show up anywhere.
@@ -325,7 +321,7 @@ func (b *bench) writePerf(p func(string, ...any), header func(string), r results
 	slices.Sort(cols)
 	p("\nPer profiled run (median over runs): packets/s while perf recorded and the cycles' median without it (perf's\n")
 	p("sampling and this machine's drift both show in the difference), ns per packet under perf (1 / pps), the own cost,\n")
-	p("and functions inside it:\n\n")
+	p("and the inclusive time of some functions within the director's samples (`perf report --parent … -x`):\n\n")
 	p("| path | mix | pps under perf | pps in the cycles | ns/packet under perf | own |")
 	for _, c := range cols {
 		p(" %s |", symLabel(breakdown[c].sym))
@@ -346,7 +342,7 @@ func (b *bench) writePerf(p func(string, ...any), header func(string), r results
 			}
 			pps := med(func(r perfRun) float64 { return r.w.pps() })
 			p("| %s | %s | %.0fk | %.0fk | %.0f | %.0f |", pt.name, m.name, pps/1e3, summarize(r.values(pt.name, m.name)).med/1e3,
-				1e9/pps, med(func(r perfRun) float64 { return r.own(pt.own) }))
+				1e9/pps, med(func(r perfRun) float64 { return r.own() }))
 			for _, c := range cols {
 				v := med(func(r perfRun) float64 { return r.ns(breakdown[c].sym) })
 				if v < 1 {
@@ -360,9 +356,8 @@ func (b *bench) writePerf(p func(string, ...any), header func(string), r results
 	}
 	p("\n")
 	for _, c := range cols {
-		p("%s: %s. ", symLabel(breakdown[c].sym), breakdown[c].what)
+		p("- %s: %s.\n", symLabel(breakdown[c].sym), breakdown[c].what)
 	}
-	p("\n")
 }
 
 func yesNo(b bool) string {
