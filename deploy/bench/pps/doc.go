@@ -7,8 +7,8 @@
 // cycle, in a random order, so ratios are taken between runs minutes apart
 // at most. After the cycles, one more run per path and mix is recorded by
 // perf (-perf, on by default) for the director's own cost per packet: the
-// inclusive time of the functions only the director runs on that path
-// (perf.go), over the packets counted meanwhile. The time per packet minus
+// time of the samples with a function only the director runs on that path
+// on their call chain (perf.go), over the packets counted meanwhile. The time per packet minus
 // the straight path's is kept as a secondary view. It writes a markdown
 // section for BENCHMARKS.md. -paths and -mixes pick a subset for quick
 // iterations; the report then leaves out what needs a path or mix that did

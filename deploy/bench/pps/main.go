@@ -71,8 +71,9 @@ type path struct {
 	setup func(b *bench) (func() error, error)
 	// direct: the client sends to realserver 0 itself, no director.
 	direct bool
-	// own lists the functions whose inclusive time is the director's own
-	// work on this path (perf.go says why); none for direct.
+	// own lists the functions that run only at the director on this
+	// path: a perf sample with one of them on its call chain is the
+	// director's own work (perf.go says why these); none for direct.
 	own []string
 }
 

@@ -247,7 +247,9 @@ func (b *bench) writeReport(r results, prof profiles, took time.Duration) error 
 			p("| %s | %.2f [%.2f–%.2f] | %s %.2f | %s |\n", t.what, t.got.med, t.got.q1, t.got.q3, cmp, t.goal, yesNo(met))
 		}
 		if prof != nil && b.o.perfRuns == 1 {
-			p("\nOwn-cost targets come from one profiled run per path and mix, so their IQR is a single value.\n")
+			p("\nOwn-cost targets come from one profiled run per path and mix, so their IQR is a single value; on this kind of\n")
+			p("machine one path's own cost moves by 10–30%% between runs, so read values near the goal as undecided (`-perf-runs`\n")
+			p("gives a spread).\n")
 		}
 	}
 	if skippedPerf {
