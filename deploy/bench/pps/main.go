@@ -32,6 +32,13 @@ type options struct {
 	maxPkts int           // trafgen's own bound
 	conns   int           // raftlb connection-table size
 	out     string
+	paths   string // comma-separated path names; empty for all
+	mixes   string // comma-separated mix names; empty for all
+	// perf: after the cycles, profile every path but direct with every
+	// mix (perfRuns rounds) for the director's own cost.
+	perf     bool
+	perfRuns int
+	perfDir  string // keep perf data and reports here; empty: a temporary directory
 }
 
 func main() {
@@ -42,6 +49,11 @@ func main() {
 	flag.IntVar(&o.maxPkts, "max-packets", 3_000_000, "packet limit of each generator run")
 	flag.IntVar(&o.conns, "conns", 1<<21, "raftlb connection-table size (a new tuple per packet fills it at line rate)")
 	flag.StringVar(&o.out, "o", "bin/bench-pps.md", "markdown section to write")
+	flag.BoolVar(&o.perf, "perf", true, "after the cycles, profile each path and mix with perf record for the director's own ns/packet")
+	flag.IntVar(&o.perfRuns, "perf-runs", 1, "profiled runs per path and mix")
+	flag.StringVar(&o.perfDir, "perf-dir", "", "keep perf data and reports in this directory (default: a temporary one, removed)")
+	flag.StringVar(&o.paths, "paths", "", "comma-separated paths to run (default all): "+strings.Join(names(allPaths, pathName), ","))
+	flag.StringVar(&o.mixes, "mixes", "", "comma-separated traffic mixes to run (default all): "+strings.Join(names(allMixes, mixName), ","))
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := runBench(ctx, o)
@@ -59,6 +71,10 @@ type path struct {
 	setup func(b *bench) (func() error, error)
 	// direct: the client sends to realserver 0 itself, no director.
 	direct bool
+	// own lists the functions that run only at the director on this
+	// path: a perf sample with one of them on its call chain is the
+	// director's own work (perf.go says why these); none for direct.
+	own []string
 }
 
 // A mix is the traffic: trafgen's packet description.
@@ -67,14 +83,67 @@ type mix struct {
 	udp        string // trafgen's udp() and the ipv4 source
 }
 
-var mixes = []mix{
+var allMixes = []mix{
 	{"1flow", "one flow", "saddr=" + clientAddr + "), udp(sp=40000, dp=9000"},
 	{"59k", "~59k flows", "saddr=" + clientAddr + "), udp(sp=dinc(1024, 60000), dp=9000"},
 	{"churn", "a new tuple per packet", "saddr=192.0.2.0, sa[3]=drnd()), udp(sp=drnd(1024, 65535), dp=9000"},
 }
 
+// allPaths lists every path in report order.
+var allPaths = []path{
+	{name: "direct", direct: true, setup: func(*bench) (func() error, error) { return func() error { return nil }, nil }},
+	{name: "bounce", setup: (*bench).setupBounce, own: xdpOwn},
+	{name: "raftlb-dr", setup: raftlb(dataplane.DR), own: xdpOwn},
+	{name: "raftlb-tun", setup: raftlb(dataplane.TUN), own: xdpOwn},
+	{name: "raftlb-nat", setup: raftlb(dataplane.NAT), own: natOwn},
+	{name: "nft-jhash", setup: nft("jhash ip saddr . udp sport mod 3 seed 0xcafe"), own: nftOwn},
+	{name: "nft-numgen", setup: nft("numgen random mod 3"), own: nftOwn},
+}
+
+func pathName(p path) string { return p.name }
+func mixName(m mix) string   { return m.name }
+
+func names[T any](all []T, name func(T) string) []string {
+	var out []string
+	for _, x := range all {
+		out = append(out, name(x))
+	}
+	return out
+}
+
+// pick returns the elements of all named in list (comma-separated), in
+// all's order; an empty list picks all.
+func pick[T any](all []T, name func(T) string, list string) ([]T, error) {
+	if strings.TrimSpace(list) == "" {
+		return all, nil
+	}
+	want := map[string]bool{}
+	for _, n := range strings.Split(list, ",") {
+		n = strings.TrimSpace(n)
+		if n == "" {
+			continue
+		}
+		if !slices.Contains(names(all, name), n) {
+			return nil, fmt.Errorf("unknown name %q (want one of %s)", n, strings.Join(names(all, name), ","))
+		}
+		want[n] = true
+	}
+	var out []T
+	for _, x := range all {
+		if want[name(x)] {
+			out = append(out, x)
+		}
+	}
+	if len(out) == 0 {
+		return nil, errors.New("empty selection")
+	}
+	return out, nil
+}
+
 type bench struct {
 	o      options
+	paths  []path // selected, in report order
+	mixes  []mix  // selected, in report order
 	lab    *lab
 	dir    string // trafgen configs
 	sink   *ebpf.Program
@@ -89,9 +158,23 @@ func runBench(ctx context.Context, o options) error {
 			return fmt.Errorf("find %s: %w", tool, err)
 		}
 	}
+	if o.perf {
+		if _, err := exec.LookPath("perf"); err != nil {
+			return fmt.Errorf("find perf (needed for the director's own cost; -perf=false skips it): %w", err)
+		}
+		if o.perfRuns < 1 {
+			return fmt.Errorf("-perf-runs %d: want at least 1", o.perfRuns)
+		}
+	}
 	b := &bench{o: o, lab: &lab{prefix: fmt.Sprintf("rlbpb%d", os.Getpid())}}
-	defer b.close()
 	var err error
+	if b.paths, err = pick(allPaths, pathName, o.paths); err != nil {
+		return fmt.Errorf("parse -paths: %w", err)
+	}
+	if b.mixes, err = pick(allMixes, mixName, o.mixes); err != nil {
+		return fmt.Errorf("parse -mixes: %w", err)
+	}
+	defer b.close()
 	if b.dir, err = os.MkdirTemp("", "rlbpb"); err != nil {
 		return fmt.Errorf("create config dir: %w", err)
 	}
@@ -106,19 +189,10 @@ func runBench(ctx context.Context, o options) error {
 	}
 	for i := range nReals {
 		for _, dev := range []string{"eth0", "eth1"} {
-			if err := b.attachXDP(fmt.Sprintf("r%d", i), dev, b.sink); err != nil {
+			if err := b.attachSink(fmt.Sprintf("r%d", i), dev); err != nil {
 				return err
 			}
 		}
-	}
-	paths := []path{
-		{name: "direct", direct: true, setup: func(*bench) (func() error, error) { return func() error { return nil }, nil }},
-		{name: "bounce", setup: (*bench).setupBounce},
-		{name: "raftlb-dr", setup: raftlb(dataplane.DR)},
-		{name: "raftlb-tun", setup: raftlb(dataplane.TUN)},
-		{name: "raftlb-nat", setup: raftlb(dataplane.NAT)},
-		{name: "nft-jhash", setup: nft("jhash ip saddr . udp sport mod 3 seed 0xcafe")},
-		{name: "nft-numgen", setup: nft("numgen random mod 3")},
 	}
 	res := make(results)
 	start := time.Now()
@@ -128,8 +202,8 @@ func runBench(ctx context.Context, o options) error {
 			m mix
 		}
 		var ts []trial
-		for _, p := range paths {
-			for _, m := range mixes {
+		for _, p := range b.paths {
+			for _, m := range b.mixes {
 				ts = append(ts, trial{p, m})
 			}
 		}
@@ -138,15 +212,21 @@ func runBench(ctx context.Context, o options) error {
 			if err := ctx.Err(); err != nil {
 				return fmt.Errorf("run cycle %d: %w", c, err)
 			}
-			pps, err := b.trial(ctx, t.p, t.m)
+			w, err := b.trial(ctx, t.p, t.m, "")
 			if err != nil {
 				return fmt.Errorf("run %s %s: %w", t.p.name, t.m.name, err)
 			}
-			res.add(t.p.name, t.m.name, c, pps)
+			res.add(t.p.name, t.m.name, c, w.pps())
 		}
 		fmt.Fprintf(os.Stderr, "pps: cycle %d/%d done after %s\n", c+1, o.cycles, time.Since(start).Round(time.Second))
 	}
-	return b.writeReport(res, time.Since(start))
+	var prof profiles
+	if o.perf {
+		if prof, err = b.profileAll(ctx); err != nil {
+			return err
+		}
+	}
+	return b.writeReport(res, prof, time.Since(start))
 }
 
 func (b *bench) close() {
@@ -163,11 +243,16 @@ func (b *bench) close() {
 	}
 }
 
-func (b *bench) attachXDP(ns, dev string, p *ebpf.Program) error {
+// attachSink attaches the sink to dev's tcx ingress in namespace ns.
+func (b *bench) attachSink(ns, dev string) error {
 	return b.lab.do(ns, func() error {
-		l, err := attachGeneric(dev, p)
+		nl, err := netlink.LinkByName(dev)
 		if err != nil {
-			return err
+			return fmt.Errorf("look up %s: %w", dev, err)
+		}
+		l, err := link.AttachTCX(link.TCXOptions{Interface: nl.Attrs().Index, Program: b.sink, Attach: ebpf.AttachTCXIngress})
+		if err != nil {
+			return fmt.Errorf("attach sink to %s in %s: %w", dev, ns, err)
 		}
 		b.links = append(b.links, l)
 		return nil
@@ -189,7 +274,7 @@ func attachGeneric(dev string, p *ebpf.Program) (link.Link, error) {
 // writeConfigs writes one trafgen config per mix, to the VIP through the
 // director and to realserver 0 directly. 60-byte frames (64 on the wire).
 func (b *bench) writeConfigs() error {
-	for _, m := range mixes {
+	for _, m := range b.mixes {
 		for _, direct := range []bool{false, true} {
 			da, dst := dirFrontMAC.String(), vipAddr
 			if direct {
@@ -316,26 +401,57 @@ func nft(pick string) func(*bench) (func() error, error) {
 	}
 }
 
-// trial runs one generator against one path and returns the packets per
-// second the realservers received while counted.
-func (b *bench) trial(ctx context.Context, p path, m mix) (float64, error) {
+// A window is one counted stretch of a run.
+type window struct {
+	packets uint64 // received by the realservers
+	dur     time.Duration
+}
+
+func (w window) pps() float64 { return float64(w.packets) / w.dur.Seconds() }
+
+// trial runs one generator against one path and counts what the
+// realservers receive. With perfData set, perf records every CPU during
+// the counted window into that file.
+func (b *bench) trial(ctx context.Context, p path, m mix, perfData string) (window, error) {
 	// Every run starts with no connection state anywhere.
 	if err := b.lab.exec("d", "conntrack", "-F"); err != nil && !strings.Contains(err.Error(), "0 flow entries") {
-		return 0, err
+		return window{}, err
 	}
 	teardown, err := p.setup(b)
 	if err != nil {
-		return 0, err
+		return window{}, err
 	}
-	pps, err := b.measure(ctx, b.cfgPath(m, p.direct))
+	var rec *recorder
+	if perfData != "" {
+		// Started after the setup, so perf knows the path's BPF programs.
+		rec, err = startRecorder(ctx, perfData, b.o.warmup+b.o.window)
+		if err != nil {
+			err = fmt.Errorf("start perf: %w", err)
+		}
+	}
+	var w window
+	if err == nil {
+		w, err = b.measure(ctx, b.cfgPath(m, p.direct), rec)
+		if rec != nil {
+			if ferr := rec.finish(); err == nil {
+				err = ferr
+			}
+		}
+	}
 	if terr := teardown(); err == nil {
 		err = terr
 	}
-	return pps, err
+	return w, err
 }
 
-func (b *bench) measure(ctx context.Context, cfg string) (float64, error) {
+// measure runs the generator with cfg and counts, after the warm-up, for
+// the window. rec, if any, records from just before the first count to
+// just after the last.
+func (b *bench) measure(ctx context.Context, cfg string, rec *recorder) (window, error) {
 	limit := b.o.warmup + b.o.window + 5*time.Second
+	if rec != nil {
+		limit += 20 * time.Second // perf's acks
+	}
 	tctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
 	// One generator on one CPU; it stops by itself at the packet limit,
@@ -347,7 +463,7 @@ func (b *bench) measure(ctx context.Context, cfg string) (float64, error) {
 	var out strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
-		return 0, fmt.Errorf("start trafgen: %w", err)
+		return window{}, fmt.Errorf("start trafgen: %w", err)
 	}
 	waited := make(chan error, 1)
 	go func() { waited <- cmd.Wait() }()
@@ -361,28 +477,44 @@ func (b *bench) measure(ctx context.Context, cfg string) (float64, error) {
 			<-waited
 		}
 	}
+	defer stop()
 	select {
 	case <-time.After(b.o.warmup):
 	case err := <-waited:
-		return 0, fmt.Errorf("trafgen ended early: %s: %s", errString(err), out.String())
+		waited <- err
+		return window{}, fmt.Errorf("trafgen ended early: %s: %s", errString(err), out.String())
+	case <-tctx.Done():
+		return window{}, fmt.Errorf("warm up: %w", tctx.Err())
+	}
+	if rec != nil {
+		if err := rec.enable(); err != nil {
+			return window{}, err
+		}
 	}
 	c0, err := sinkCount(b.count)
 	t0 := time.Now()
 	if err != nil {
-		stop()
-		return 0, err
+		return window{}, err
 	}
-	time.Sleep(b.o.window)
+	select {
+	case <-time.After(b.o.window):
+	case <-tctx.Done():
+		return window{}, fmt.Errorf("count: %w", tctx.Err())
+	}
 	c1, err := sinkCount(b.count)
 	t1 := time.Now()
-	stop()
 	if err != nil {
-		return 0, err
+		return window{}, err
+	}
+	if rec != nil {
+		if err := rec.disable(); err != nil {
+			return window{}, err
+		}
 	}
 	if c1 <= c0 {
-		return 0, fmt.Errorf("no packets reached the realservers: %s", out.String())
+		return window{}, fmt.Errorf("no packets reached the realservers: %s", out.String())
 	}
-	return float64(c1-c0) / t1.Sub(t0).Seconds(), nil
+	return window{c1 - c0, t1.Sub(t0)}, nil
 }
 
 func errString(err error) string {

@@ -74,103 +74,192 @@ type target struct {
 	below bool // the goal is an upper bound
 }
 
-func (b *bench) writeReport(r results, took time.Duration) error {
+// ran reports whether the run included the named path.
+func (b *bench) ran(name string) bool {
+	return slices.ContainsFunc(b.paths, func(p path) bool { return p.name == name })
+}
+
+// ranMix reports whether the run included the named mix.
+func (b *bench) ranMix(name string) bool {
+	return slices.ContainsFunc(b.mixes, func(m mix) bool { return m.name == name })
+}
+
+// perfOwn is a path's own cost per packet from perf, one value per round.
+func (b *bench) perfOwn(prof profiles, name, mix string) []float64 {
+	var v []float64
+	for _, r := range prof[name][mix] {
+		v = append(v, r.own())
+	}
+	return v
+}
+
+func (b *bench) writeReport(r results, prof profiles, took time.Duration) error {
 	var w strings.Builder
 	p := func(format string, args ...any) { fmt.Fprintf(&w, format, args...) }
-	paths := []string{"direct", "bounce", "raftlb-dr", "raftlb-tun", "raftlb-nat", "nft-jhash", "nft-numgen"}
 	p("## Packets per second through a director (netns lab)\n\n")
 	p("`go run ./deploy/bench/pps` (part of `make bench`, root): client → bridge → director → bridge → 3 realservers,\n")
-	p("veth pairs, generic XDP, 64-byte UDP frames from one trafgen on one CPU, counted and dropped by XDP on the realservers.\n")
+	p("veth pairs, generic XDP, 64-byte UDP frames from one trafgen on one CPU, counted and dropped on the realservers by a\n")
+	p("TC program (tcx ingress). The sink is TC, not XDP, because generic XDP copies every skb with less than 256 bytes of\n")
+	p("headroom: trafgen's frames have 16, so an XDP sink charged `direct` and `nft-*` a copy the director never made, and\n")
+	p("charged `raftlb-tun` a second one (the director's encapsulation leaves 252). The director's own generic XDP copy\n")
+	p("(once per packet on every XDP path, none on `nft-*`) is part of its cost in this lab.\n")
 	p("%d cycles; each cycle runs every path × traffic mix once in random order (%s counted per run after %s warm-up);\n",
 		b.o.cycles, b.o.window, b.o.warmup)
-	p("ratios are paired within a cycle. Medians, with [25th–75th percentile] and (min–max) across cycles. Total %s.\n\n", took.Round(time.Second))
+	p("ratios are paired within a cycle. Medians, with [25th–75th percentile] and (min–max) across cycles. Total %s", took.Round(time.Second))
+	if prof != nil {
+		p(" with the profiled runs")
+	}
+	p(".\n\n")
+	if len(b.paths) < len(allPaths) || len(b.mixes) < len(allMixes) {
+		p("**Partial run**: paths %s; mixes %s. Rows, ratios and targets that need another path are left out.\n\n",
+			strings.Join(names(b.paths, pathName), ", "), strings.Join(names(b.mixes, mixName), ", "))
+	}
 	p("Paths: `direct` client straight to a realserver (no director); `bounce` an XDP program that only rewrites MACs and\n")
 	p("transmits (XDP_TX); `raftlb-*` the director dataplane (Maglev, connection table, events consumed by Run);\n")
 	p("`nft-*` nftables DNAT with conntrack, endpoint picked by a `jhash` or `numgen random` map (kube-proxy's nftables mode).\n")
-	p("Everything runs in the generator's softirq on one CPU, so packets/s = 1 / (cost per packet); about 1.4 µs of each\n")
-	p("packet is the generator, bridge, veths and sink, the same for every path, which compresses end-to-end ratios.\n")
-	p("A path's own cost is its ns/packet minus `direct`'s, paired by cycle: the director hop, including the second\n")
-	p("bridge crossing and the director's veth pair that every path pays (most of `bounce`'s own cost is that).\n\n")
-
-	p("### Packets per second\n\n| path |")
-	for _, m := range mixes {
-		p(" %s |", m.desc)
+	p("Everything runs in the generator's softirq on one CPU, so packets/s = 1 / (cost per packet)")
+	if b.ran("direct") {
+		var ns []float64
+		for _, m := range b.mixes {
+			ns = append(ns, 1e9/summarize(r.values("direct", m.name)).med)
+		}
+		p("; `direct` takes %.1f µs a\n", summarize(ns).med/1e3)
+		p("packet (generator, bridge, veth pair, sink), which every path pays and which compresses end-to-end ratios")
 	}
-	p("\n| --- |%s\n", strings.Repeat(" ---: |", len(mixes)))
-	for _, path := range paths {
-		p("| %s |", path)
-		for _, m := range mixes {
-			s := summarize(r.values(path, m.name))
+	p(".\n\n")
+	p("The director's own cost comes from perf (`perf record -e cpu-clock -F %d -a -g`, on for exactly the counted\n", perfFreq)
+	p("window of one extra run per path and mix after the cycles): the inclusive time of the functions that run only at the\n")
+	p("director on that path, over the packets the realservers counted meanwhile. It leaves out what every path pays (the\n")
+	p("generator, both bridge crossings, the veth pair into the director and the director's receive up to the point where\n")
+	p("its path begins), so it is the figure the targets compare. The older view, ns/packet minus `direct`'s paired by\n")
+	p("cycle, includes the second bridge crossing and the director's veth pair, and is kept as a secondary table.\n\n")
+
+	header := func(first string) {
+		p("| %s |", first)
+		for _, m := range b.mixes {
+			p(" %s |", m.desc)
+		}
+		p("\n| --- |%s\n", strings.Repeat(" ---: |", len(b.mixes)))
+	}
+	p("### Packets per second\n\n")
+	header("path")
+	for _, pt := range b.paths {
+		p("| %s |", pt.name)
+		for _, m := range b.mixes {
+			s := summarize(r.values(pt.name, m.name))
 			p(" %.0fk [%.0fk–%.0fk] |", s.med/1e3, s.q1/1e3, s.q3/1e3)
 		}
 		p("\n")
 	}
-	p("\n### Own cost per packet (ns, minus `direct`)\n\n| path |")
-	for _, m := range mixes {
-		p(" %s |", m.desc)
+	if prof != nil {
+		b.writePerf(p, header, r, prof)
 	}
-	p("\n| --- |%s\n", strings.Repeat(" ---: |", len(mixes)))
-	for _, path := range paths[1:] {
-		p("| %s |", path)
-		for _, m := range mixes {
-			s := summarize(r.nsOwn(path, m.name))
-			p(" %.0f [%.0f–%.0f] |", s.med, s.q1, s.q3)
+	if b.ran("direct") && len(b.paths) > 1 {
+		p("\n### Secondary: ns/packet minus `direct` (includes the second bridge crossing and the director's veth pair)\n\n")
+		header("path")
+		for _, pt := range b.paths {
+			if pt.direct {
+				continue
+			}
+			p("| %s |", pt.name)
+			for _, m := range b.mixes {
+				s := summarize(r.nsOwn(pt.name, m.name))
+				p(" %.0f [%.0f–%.0f] |", s.med, s.q1, s.q3)
+			}
+			p("\n")
 		}
-		p("\n")
 	}
 	ratio := func(x, y float64) float64 { return x / y }
-	p("\n### Paired ratios (packets/s)\n\n| ratio |")
-	for _, m := range mixes {
-		p(" %s |", m.desc)
-	}
-	p("\n| --- |%s\n", strings.Repeat(" ---: |", len(mixes)))
+	var pairs [][2]string
 	for _, pr := range [][2]string{
 		{"raftlb-dr", "bounce"}, {"raftlb-tun", "bounce"}, {"raftlb-nat", "bounce"},
 		{"raftlb-nat", "nft-jhash"}, {"raftlb-nat", "nft-numgen"}, {"raftlb-dr", "nft-jhash"}, {"raftlb-dr", "nft-numgen"},
 	} {
-		p("| %s / %s |", pr[0], pr[1])
-		for _, m := range mixes {
-			s := summarize(r.paired(pr[0], pr[1], m.name, ratio))
-			p(" %.2f [%.2f–%.2f] (%.2f–%.2f) |", s.med, s.q1, s.q3, s.lo, s.hi)
+		if b.ran(pr[0]) && b.ran(pr[1]) {
+			pairs = append(pairs, pr)
 		}
-		p("\n")
 	}
-	// The ratio of two paths' own costs, paired by cycle.
-	costRatio := func(a, bb, mix string) stat {
-		var v []float64
-		for c, pa := range r[a][mix] {
-			pb, ok1 := r[bb][mix][c]
-			pd, ok2 := r["direct"][mix][c]
-			if ok1 && ok2 {
-				v = append(v, (1e9/pa-1e9/pd)/(1e9/pb-1e9/pd))
+	if len(pairs) > 0 {
+		p("\n### Paired ratios (packets/s)\n\n")
+		header("ratio")
+		for _, pr := range pairs {
+			p("| %s / %s |", pr[0], pr[1])
+			for _, m := range b.mixes {
+				s := summarize(r.paired(pr[0], pr[1], m.name, ratio))
+				p(" %.2f [%.2f–%.2f] (%.2f–%.2f) |", s.med, s.q1, s.q3, s.lo, s.hi)
 			}
+			p("\n")
+		}
+	}
+	// The ratio of two paths' own costs from perf, paired by round.
+	costRatio := func(a, bb, mix string) stat {
+		x, y := b.perfOwn(prof, a, mix), b.perfOwn(prof, bb, mix)
+		var v []float64
+		for i := range min(len(x), len(y)) {
+			v = append(v, x[i]/y[i])
 		}
 		return summarize(v)
 	}
-	targets := []target{
-		{"raftlb-dr / bounce, one flow", summarize(r.paired("raftlb-dr", "bounce", "1flow", ratio)), 0.9, false},
-		{"raftlb-dr / bounce, ~59k flows", summarize(r.paired("raftlb-dr", "bounce", "59k", ratio)), 0.9, false},
-		{"raftlb-tun / bounce, one flow", summarize(r.paired("raftlb-tun", "bounce", "1flow", ratio)), 0.9, false},
-		{"raftlb-tun / bounce, ~59k flows", summarize(r.paired("raftlb-tun", "bounce", "59k", ratio)), 0.9, false},
-		{"own cost raftlb-nat / nft-jhash, ~59k flows", costRatio("raftlb-nat", "nft-jhash", "59k"), 0.5, true},
-		{"own cost raftlb-nat / nft-numgen, ~59k flows", costRatio("raftlb-nat", "nft-numgen", "59k"), 0.5, true},
-		{"own cost raftlb-dr / nft-jhash, ~59k flows", costRatio("raftlb-dr", "nft-jhash", "59k"), 0.5, true},
-		{"raftlb-nat / nft-jhash, new tuple per packet", summarize(r.paired("raftlb-nat", "nft-jhash", "churn", ratio)), 2, false},
-		{"raftlb-nat / nft-numgen, new tuple per packet", summarize(r.paired("raftlb-nat", "nft-numgen", "churn", ratio)), 2, false},
-		{"raftlb-dr / nft-numgen, new tuple per packet", summarize(r.paired("raftlb-dr", "nft-numgen", "churn", ratio)), 2, false},
+	type row struct {
+		t     target
+		paths []string
+		mix   string
+		perf  bool // needs the perf runs
 	}
-	p("\n### Targets\n\n| target | median [IQR] | goal | met |\n| --- | ---: | ---: | --- |\n")
-	for _, t := range targets {
-		met := t.got.med >= t.goal
-		cmp := "≥"
-		if t.below {
-			met, cmp = t.got.med <= t.goal, "≤"
+	pr := func(what string, goal float64, a, bb, mix string) row {
+		return row{target{what, summarize(r.paired(a, bb, mix, ratio)), goal, false}, []string{a, bb}, mix, false}
+	}
+	cr := func(what string, goal float64, a, bb, mix string) row {
+		return row{target{what, costRatio(a, bb, mix), goal, true}, []string{a, bb}, mix, true}
+	}
+	rows := []row{
+		pr("raftlb-dr / bounce, one flow", 0.9, "raftlb-dr", "bounce", "1flow"),
+		pr("raftlb-dr / bounce, ~59k flows", 0.9, "raftlb-dr", "bounce", "59k"),
+		pr("raftlb-tun / bounce, one flow", 0.9, "raftlb-tun", "bounce", "1flow"),
+		pr("raftlb-tun / bounce, ~59k flows", 0.9, "raftlb-tun", "bounce", "59k"),
+		cr("own cost (perf) raftlb-nat / nft-jhash, ~59k flows", 0.5, "raftlb-nat", "nft-jhash", "59k"),
+		cr("own cost (perf) raftlb-nat / nft-numgen, ~59k flows", 0.5, "raftlb-nat", "nft-numgen", "59k"),
+		cr("own cost (perf) raftlb-dr / nft-jhash, ~59k flows", 0.5, "raftlb-dr", "nft-jhash", "59k"),
+		pr("raftlb-nat / nft-jhash, new tuple per packet", 2, "raftlb-nat", "nft-jhash", "churn"),
+		pr("raftlb-nat / nft-numgen, new tuple per packet", 2, "raftlb-nat", "nft-numgen", "churn"),
+		pr("raftlb-dr / nft-numgen, new tuple per packet", 2, "raftlb-dr", "nft-numgen", "churn"),
+	}
+	var targets []target
+	skippedPerf := false
+	for _, rw := range rows {
+		if !b.ranMix(rw.mix) || slices.ContainsFunc(rw.paths, func(s string) bool { return !b.ran(s) }) {
+			continue
 		}
-		p("| %s | %.2f [%.2f–%.2f] | %s %.2f | %s |\n", t.what, t.got.med, t.got.q1, t.got.q3, cmp, t.goal, yesNo(met))
+		if rw.perf && prof == nil {
+			skippedPerf = true
+			continue
+		}
+		targets = append(targets, rw.t)
 	}
-	p("\n### Connection table\n\n%s.\n", b.memory)
-	p("The table is a preallocated BPF hash (`Config.ConnTableSize`, default 262144 entries; this run used %d so a new\n", b.o.conns)
-	p("tuple per packet never fills it); NAT connections also hold a reverse entry. Memory is the kernel's own accounting.\n")
+	if len(targets) > 0 {
+		p("\n### Targets\n\n| target | median [IQR] | goal | met |\n| --- | ---: | ---: | --- |\n")
+		for _, t := range targets {
+			met := t.got.med >= t.goal
+			cmp := "≥"
+			if t.below {
+				met, cmp = t.got.med <= t.goal, "≤"
+			}
+			p("| %s | %.2f [%.2f–%.2f] | %s %.2f | %s |\n", t.what, t.got.med, t.got.q1, t.got.q3, cmp, t.goal, yesNo(met))
+		}
+		if prof != nil && b.o.perfRuns == 1 {
+			p("\nOwn-cost targets come from one profiled run per path and mix, so their IQR is a single value; on this kind of\n")
+			p("machine one path's own cost moves by 10–30%% between runs, so read values near the goal as undecided (`-perf-runs`\n")
+			p("gives a spread).\n")
+		}
+	}
+	if skippedPerf {
+		p("\nOwn-cost targets left out: run without `-perf=false` to measure them.\n")
+	}
+	if b.memory != "" {
+		p("\n### Connection table\n\n%s.\n", b.memory)
+		p("The table is a preallocated BPF hash (`Config.ConnTableSize`, default 262144 entries; this run used %d so a new\n", b.o.conns)
+		p("tuple per packet never fills it); NAT connections also hold a reverse entry. Memory is the kernel's own accounting.\n")
+	}
 	if err := os.MkdirAll(dirOf(b.o.out), 0o755); err != nil {
 		return fmt.Errorf("create report dir: %w", err)
 	}
@@ -178,6 +267,99 @@ func (b *bench) writeReport(r results, took time.Duration) error {
 		return fmt.Errorf("write report: %w", err)
 	}
 	return nil
+}
+
+// writePerf writes the perf-based own cost, the functions that mark the
+// director's samples and a breakdown.
+func (b *bench) writePerf(p func(string, ...any), header func(string), r results, prof profiles) {
+	p("\n### Director's own cost per packet (ns, perf)\n\n")
+	header("path")
+	for _, pt := range b.paths {
+		if len(pt.own) == 0 {
+			continue
+		}
+		p("| %s |", pt.name)
+		for _, m := range b.mixes {
+			s := summarize(b.perfOwn(prof, pt.name, m.name))
+			if b.o.perfRuns > 1 {
+				p(" %.0f (%.0f–%.0f) |", s.med, s.lo, s.hi)
+			} else {
+				p(" %.0f |", s.med)
+			}
+		}
+		p("\n")
+	}
+	p("\nA sample is the director's if any frame of its call chain is one of these (counted once, by `perf report --parent`):\n\n")
+	for _, pt := range b.paths {
+		if len(pt.own) == 0 {
+			continue
+		}
+		var ls []string
+		for _, s := range pt.own {
+			ls = append(ls, symLabel(s))
+		}
+		p("- %s: %s\n", pt.name, strings.Join(ls, ", "))
+	}
+	p("\n`do_xdp_generic` runs only at the director's front (the one XDP program in the lab) and includes its XDP_TX\n")
+	p("up to the hand-over to the next veth's backlog (`generic_xdp_tx`, `veth_xmit`), not what happens after; the other\n")
+	p("hops call it too and return at once (a few ns). The IP functions run only at the director (the sink drops at tcx\n")
+	p("ingress); all of them are listed because `ip_rcv` reaches forwarding and output by tail calls, which take its frame\n")
+	p("off the stack: `ip_rcv` alone misses about a third of the director's time on the nft paths (see its column below).\n")
+	p("The tcx dispatch around `tc_front` is inlined into `__netif_receive_skb_core`, which every hop runs, and is left out.\n")
+
+	// Breakdown: columns for the functions that show up anywhere.
+	var cols []int
+	for i, bd := range breakdown {
+		for _, pt := range b.paths {
+			for _, m := range b.mixes {
+				for _, run := range prof[pt.name][m.name] {
+					if run.ns(bd.sym) >= 1 && !slices.Contains(cols, i) {
+						cols = append(cols, i)
+					}
+				}
+			}
+		}
+	}
+	slices.Sort(cols)
+	p("\nPer profiled run (median over runs): packets/s while perf recorded and the cycles' median without it (perf's\n")
+	p("sampling and this machine's drift both show in the difference), ns per packet under perf (1 / pps), the own cost,\n")
+	p("and the inclusive time of some functions within the director's samples (`perf report --parent … -x`):\n\n")
+	p("| path | mix | pps under perf | pps in the cycles | ns/packet under perf | own |")
+	for _, c := range cols {
+		p(" %s |", symLabel(breakdown[c].sym))
+	}
+	p("\n| --- | --- | ---: | ---: | ---: | ---: |%s\n", strings.Repeat(" ---: |", len(cols)))
+	for _, pt := range b.paths {
+		if len(pt.own) == 0 {
+			continue
+		}
+		for _, m := range b.mixes {
+			runs := prof[pt.name][m.name]
+			med := func(f func(perfRun) float64) float64 {
+				var v []float64
+				for _, r := range runs {
+					v = append(v, f(r))
+				}
+				return summarize(v).med
+			}
+			pps := med(func(r perfRun) float64 { return r.w.pps() })
+			p("| %s | %s | %.0fk | %.0fk | %.0f | %.0f |", pt.name, m.name, pps/1e3, summarize(r.values(pt.name, m.name)).med/1e3,
+				1e9/pps, med(func(r perfRun) float64 { return r.own() }))
+			for _, c := range cols {
+				v := med(func(r perfRun) float64 { return r.ns(breakdown[c].sym) })
+				if v < 1 {
+					p(" – |")
+				} else {
+					p(" %.0f |", v)
+				}
+			}
+			p("\n")
+		}
+	}
+	p("\n")
+	for _, c := range cols {
+		p("- %s: %s.\n", symLabel(breakdown[c].sym), breakdown[c].what)
+	}
 }
 
 func yesNo(b bool) string {
