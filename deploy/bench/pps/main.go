@@ -371,7 +371,11 @@ func raftlb(m dataplane.Method) func(*bench) (func() error, error) {
 			return nil, fmt.Errorf("set lease: %w", err)
 		}
 		if b.memory == "" {
-			b.memory = connMemory(b.o.conns)
+			b.memory, err = connMemory(d)
+			if err != nil {
+				teardown()
+				return nil, err
+			}
 		}
 		return teardown, nil
 	}
@@ -528,46 +532,14 @@ func errString(err error) string {
 	return err.Error()
 }
 
-// connMemory reads the kernel's memory accounting for raftlb's connection
-// and reverse-NAT tables (hash maps with 16-byte keys and the configured
-// size) among this process's map descriptors.
-func connMemory(entries int) string {
-	fds, err := os.ReadDir("/proc/self/fdinfo")
+// connMemory describes the connection and reverse-NAT tables' footprint.
+func connMemory(d *dataplane.Dataplane) (string, error) {
+	st, err := d.Stats()
 	if err != nil {
-		return "unknown: " + err.Error()
+		return "", fmt.Errorf("read table footprint: %w", err)
 	}
-	var parts []string
-	var total uint64
-	for _, fd := range fds {
-		raw, err := os.ReadFile(filepath.Join("/proc/self/fdinfo", fd.Name()))
-		if err != nil {
-			continue
-		}
-		info := map[string]string{}
-		for _, line := range strings.Split(string(raw), "\n") {
-			if k, v, ok := strings.Cut(line, ":"); ok {
-				info[k] = strings.TrimSpace(v)
-			}
-		}
-		if info["map_type"] != "1" || info["key_size"] != "16" || info["max_entries"] != fmt.Sprint(entries) {
-			continue
-		}
-		var mem uint64
-		fmt.Sscan(info["memlock"], &mem)
-		name := "connection table"
-		if info["value_size"] != "32" {
-			name = "reverse-NAT table"
-		}
-		parts = append(parts, fmt.Sprintf("%s %.0f B/entry (%d B value)", name, float64(mem)/float64(entries), atoi(info["value_size"])))
-		total += mem
-	}
-	slices.Sort(parts)
-	return fmt.Sprintf("%s; %.0f B per NAT connection in all, %d MiB for %d entries",
-		strings.Join(parts, ", "), float64(total)/float64(entries), total>>20, entries)
-}
-
-func atoi(s string) int {
-	var n int
-	fmt.Sscan(s, &n)
-	return n
+	return fmt.Sprintf("capacity %d connections in %d slots; connection and reverse-NAT tables together %d MiB, "+
+		"%.0f B per connection of capacity (%.0f B per slot and table)",
+		st.ConnCapacity, st.ConnSlots, st.TableBytes>>20,
+		float64(st.TableBytes)/float64(st.ConnCapacity), float64(st.TableBytes)/float64(2*st.ConnSlots)), nil
 }

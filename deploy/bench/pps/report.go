@@ -257,8 +257,9 @@ func (b *bench) writeReport(r results, prof profiles, took time.Duration) error 
 	}
 	if b.memory != "" {
 		p("\n### Connection table\n\n%s.\n", b.memory)
-		p("The table is a preallocated BPF hash (`Config.ConnTableSize`, default 262144 entries; this run used %d so a new\n", b.o.conns)
-		p("tuple per packet never fills it); NAT connections also hold a reverse entry. Memory is the kernel's own accounting.\n")
+		p("Both tables are preallocated arrays of two-choice, eight-way buckets mapped into the director process\n")
+		p("(`Config.ConnTableSize`, default 262144; this run used %d so a new tuple per packet never fills it), each with a\n", b.o.conns)
+		p("third more slots than its capacity; a NAT connection also holds a reverse entry.\n")
 	}
 	if err := os.MkdirAll(dirOf(b.o.out), 0o755); err != nil {
 		return fmt.Errorf("create report dir: %w", err)
