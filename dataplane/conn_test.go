@@ -624,8 +624,12 @@ func TestInstallConnections(t *testing.T) {
 	grantLease(t, d, vip)
 	// Find where Maglev would send the client, then install it elsewhere.
 	_, out := run(t, d.objs.XdpFront, tcpFrame(client, 40000, vip, 80, pkt.SYN, nil))
+	// Flush finds the entry the program wrote by Go's mirror of its hash.
 	if err := d.Flush(&vip); err != nil {
 		t.Fatal(err)
+	}
+	if left, err := d.Connections(); err != nil || len(left) != 0 {
+		t.Fatalf("after flush: %d connections, err %v", len(left), err)
 	}
 	target := rsOf(out)%3 + 1
 	key := ConnKey{Proto: TCP, Client: netip.AddrPortFrom(client, 40000), VIP: netip.AddrPortFrom(vip, 80)}
