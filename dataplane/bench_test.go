@@ -1,6 +1,7 @@
 package dataplane
 
 import (
+	"math/rand/v2"
 	"net/netip"
 	"testing"
 	"time"
@@ -111,6 +112,19 @@ func BenchmarkXDP(b *testing.B) {
 		d := benchDataplane(b, DR)
 		run(b, d.objs.XdpFront, est)
 		once(b, d.objs.XdpFront, emptyProg(b, ebpf.XDP), xdpTX, func(int) []byte { return est })
+	})
+	b.Run("dr/established-59k", func(b *testing.B) {
+		// As many flows as the pps lab's: their table entries are not
+		// all in the cache, as on a busy director.
+		d := benchDataplane(b, DR)
+		frames := make([][]byte, 59000)
+		for i := range frames {
+			src := netip.AddrFrom4([4]byte{192, 0, 2, byte(100 + i/60000%100)})
+			frames[i] = tcpFrame(src, uint16(1024+i), vip, 80, pkt.ACK, make([]byte, 64))
+			run(b, d.objs.XdpFront, frames[i])
+		}
+		rng := rand.New(rand.NewPCG(1, 2))
+		once(b, d.objs.XdpFront, emptyProg(b, ebpf.XDP), xdpTX, func(int) []byte { return frames[rng.IntN(len(frames))] })
 	})
 	b.Run("dr/new", func(b *testing.B) {
 		d := benchDataplane(b, DR)

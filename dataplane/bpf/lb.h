@@ -693,19 +693,20 @@ static __always_inline struct ct_slot *ct_slot_at(struct ct_bucket *bk, __u64 w)
 
 static __always_inline struct ct_slot *ct_find(void *map, const __u64 *key, struct ct_pos *p)
 {
-	struct ct_bucket *bk;
+	struct ct_bucket *home = bpf_map_lookup_elem(map, &p->b[0]);
+	struct ct_bucket *alt = bpf_map_lookup_elem(map, &p->b[1]);
 	struct ct_slot *s;
 
-	bk = bpf_map_lookup_elem(map, &p->b[0]);
-	if (!bk)
+	if (!home || !alt)
 		return NULL;
-	s = ct_slot_at(bk, ct_way(bk, key[0], key[1], p->tag));
+	/* Touch the alternate bucket before searching the home one: in a big
+	 * table both are cache (and TLB) misses, and this way they overlap
+	 * instead of following each other. */
+	asm volatile("" : : "r"(*(volatile __u32 *)&alt->tag[0]));
+	s = ct_slot_at(home, ct_way(home, key[0], key[1], p->tag));
 	if (s || p->b[1] == p->b[0])
 		return s;
-	bk = bpf_map_lookup_elem(map, &p->b[1]);
-	if (!bk)
-		return NULL;
-	return ct_slot_at(bk, ct_way(bk, key[0], key[1], p->tag));
+	return ct_slot_at(alt, ct_way(alt, key[0], key[1], p->tag));
 }
 
 enum ct_result {
