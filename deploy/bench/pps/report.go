@@ -174,6 +174,7 @@ func (b *bench) writeReport(r results, prof profiles, took time.Duration) error 
 	for _, pr := range [][2]string{
 		{"raftlb-dr", "bounce"}, {"raftlb-tun", "bounce"}, {"raftlb-nat", "bounce"},
 		{"raftlb-nat", "nft-jhash"}, {"raftlb-nat", "nft-numgen"}, {"raftlb-dr", "nft-jhash"}, {"raftlb-dr", "nft-numgen"},
+		{"bounce", "nft-jhash"}, {"bounce", "nft-numgen"},
 	} {
 		if b.ran(pr[0]) && b.ran(pr[1]) {
 			pairs = append(pairs, pr)
@@ -245,6 +246,22 @@ func (b *bench) writeReport(r results, prof profiles, took time.Duration) error 
 				met, cmp = t.got.med <= t.goal, "≤"
 			}
 			p("| %s | %.2f [%.2f–%.2f] | %s %.2f | %s |\n", t.what, t.got.med, t.got.q1, t.got.q3, cmp, t.goal, yesNo(met))
+		}
+		// What no director can beat: the bare bounce does no work at all.
+		var ceil []string
+		for _, nft := range []string{"nft-jhash", "nft-numgen"} {
+			if b.ran("bounce") && b.ran(nft) && b.ranMix("churn") {
+				ceil = append(ceil, fmt.Sprintf("bounce / %s with a new tuple per packet is %.2f", nft,
+					summarize(r.paired("bounce", nft, "churn", ratio)).med))
+			}
+			if prof != nil && b.ran("bounce") && b.ran(nft) && b.ranMix("59k") {
+				ceil = append(ceil, fmt.Sprintf("the bounce's own cost / %s's at ~59k flows is %.2f", nft,
+					costRatio("bounce", nft, "59k").med))
+			}
+		}
+		if len(ceil) > 0 {
+			p("\nCeilings from the same run, for reading the goals: %s. A goal beyond what the bounce reaches cannot be met\n", strings.Join(ceil, "; "))
+			p("on this topology by any director.\n")
 		}
 		if prof != nil && b.o.perfRuns == 1 {
 			p("\nOwn-cost targets come from one profiled run per path and mix, so their IQR is a single value; on this kind of\n")
