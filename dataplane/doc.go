@@ -13,6 +13,16 @@
 //     helpers that are right for full and partial checksums and GSO, and
 //     bpf_redirect_neigh; also DR/TUN for GSO packets too big for XDP to
 //     encapsulate (generic XDP on veth), so the kernel can segment them.
+//   - TUN packets too big for the tunnel: one that is not GSO and would
+//     not fit the front MTU once encapsulated is answered as IPVS answers
+//     it. With DF set, the client gets ICMP "fragmentation needed" from
+//     the VIP, next-hop MTU the front MTU less 20, quoting the IP header
+//     and 8 bytes of payload (tc_tx_frag_needed; lease-gated). Without DF
+//     it is dropped and counted (drop_too_big): IPVS would fragment the
+//     outer packet, and BPF cannot fragment; such senders (large UDP
+//     without path-MTU discovery) need a smaller MTU towards TUN VIPs. So
+//     is an ICMP error about a TUN connection, or a packet from a source
+//     that is not one host: no ICMP error answers those (RFC 1122).
 //   - ICMP errors (destination unreachable, time exceeded) about a NAT
 //     connection, translated in TC like the connection itself, quoted
 //     header included, so path-MTU discovery works through NAT: one to a

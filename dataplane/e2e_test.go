@@ -165,9 +165,15 @@ func (e *e2e) apply(t *testing.T, n int, drop ...int) {
 	for _, rs := range nat {
 		natUDP = append(natUDP, Realserver{Addr: rs.Addr, Port: 5353, Weight: 1, Method: NAT})
 	}
+	// UDP over TUN, for path-MTU discovery through the tunnel.
+	var tunUDP []Realserver
+	for _, rs := range tun {
+		tunUDP = append(tunUDP, Realserver{Addr: rs.Addr, Port: 53, Weight: 1, Method: TUN})
+	}
 	mustApply(t, e.d, State{
 		Services: []Service{svc(e2eDR, dr), svc(e2eTUN, tun), svc(e2eNAT, nat),
-			{ServiceKey: ServiceKey{VIP: e2eNAT, Port: 53, Proto: UDP}, Realservers: natUDP}},
+			{ServiceKey: ServiceKey{VIP: e2eNAT, Port: 53, Proto: UDP}, Realservers: natUDP},
+			{ServiceKey: ServiceKey{VIP: e2eTUN, Port: 53, Proto: UDP}, Realservers: tunUDP}},
 		Gateways: []netip.Addr{gateway},
 	})
 }

@@ -44,6 +44,8 @@ const (
 	ReasonTCNATICMPOut
 	ReasonTCTxTUNProbe
 	ReasonConnTableBusy
+	ReasonTCTxFragNeeded
+	ReasonDropTooBig
 	numReasons
 )
 
@@ -55,7 +57,7 @@ var reasonNames = [...]string{
 	"conn_table_full", "rnat_table_full", "event_lost", "conn_rescheduled",
 	"tc_nat_in", "tc_nat_out", "tc_pass", "tc_drop_nat_no_conn", "tc_drop_method", "decap",
 	"xdp_pass_oversize", "tc_tx_dr", "tc_tx_tun", "tc_nat_icmp_in", "tc_nat_icmp_out",
-	"tc_tx_tun_probe", "conn_table_busy",
+	"tc_tx_tun_probe", "conn_table_busy", "tc_tx_frag_needed", "drop_too_big",
 }
 
 func (r Reason) String() string {

@@ -212,6 +212,13 @@ static __always_inline int xdp_icmp_error(struct xdp_md *ctx, struct ethhdr *eth
 		return xdp_dr(eth, rs, c);
 	}
 	if (rs->method == METHOD_TUN) {
+		/* Never GSO here, and never answered (no error about an
+		 * error): one that would not fit encapsulated dies counted. */
+		if (data_end - (void *)(long)ctx->data - ETH_HLEN + sizeof(struct iphdr) >
+		    c->front_mtu) {
+			count(R_DROP_TOO_BIG);
+			return XDP_DROP;
+		}
 		count(R_XDP_TX_ICMP_ERROR);
 		return xdp_tun(ctx, rs, c);
 	}
@@ -468,8 +475,103 @@ static __always_inline int tc_rewrite(struct __sk_buff *skb, struct tc_pkt *p, _
 	return 0;
 }
 
+/* What tc_frag_needed writes after the Ethernet header: its IP and ICMP
+ * headers, then the quote, the client's IP header and the first 8 bytes
+ * of its payload (RFC 792): ports, and a TCP sequence number, which is all
+ * a host reads to find its socket. */
+struct frag_needed {
+	struct iphdr ip;
+	struct icmphdr icmp;
+	struct iphdr quote;
+	__u8 quote_l4[8];
+};
+
+#define FN_LEN (ETH_HLEN + sizeof(struct frag_needed))
+#define IPTOS_PREC_INTERNETCONTROL 0xc0 /* as Linux sends ICMP errors */
+
+_Static_assert(sizeof(struct frag_needed) == 56, "frag_needed has padding");
+
+/* A source that names one host (RFC 1122 3.2.2: no ICMP error to any other). */
+static __always_inline int unicast_source(__be32 addr)
+{
+	__u32 a = bpf_ntohl(addr);
+
+	return a != 0 && (a >> 24) != 127 && (a >> 28) < 0xe;
+}
+
+/*
+ * A TUN packet that would not fit the front MTU once encapsulated and that
+ * no segmentation will cut down (not GSO). As IPVS (ip_vs_tunnel_xmit):
+ * when it forbids fragmenting (DF), the client is told "fragmentation
+ * needed" with the MTU left inside the tunnel, from the VIP; otherwise it
+ * is dropped, as BPF cannot fragment. Never an answer to an ICMP error or
+ * to a source that is not one host. Not rate-limited: the answer is much
+ * smaller than what provokes it. The caller checked the lease.
+ *
+ * The answer is built in the skb itself, from the stack: trimmed, cut to
+ * its Ethernet and first 20 bytes, grown back and written. The cut takes
+ * the start of the L4 header with it (the IP header is 20 bytes: tc_parse
+ * saw to that), which turns a partial checksum (a sender on a local veth)
+ * into none: nothing may later fill a TCP or UDP checksum into the answer. Trimming and growing end a complete checksum
+ * the same way; every checksum in the answer is written here.
+ */
+static __always_inline int tc_frag_needed(struct __sk_buff *skb, struct config *c)
+{
+	struct frag_needed r = {};
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *oeth = data, eth;
+	struct iphdr *in = data + ETH_HLEN;
+	__u32 mtu = c->front_mtu - sizeof(struct iphdr);
+
+	if ((void *)in + sizeof(r.quote) + sizeof(r.quote_l4) > data_end) {
+		count(R_DROP_ERROR);
+		return TC_ACT_SHOT;
+	}
+	if (!(in->frag_off & bpf_htons(IP_DF)) || !unicast_source(in->saddr) ||
+	    (in->protocol != IPPROTO_TCP && in->protocol != IPPROTO_UDP) ||
+	    c->front_mtu < 68 + sizeof(struct iphdr) || c->front_mtu > 0xffff) {
+		count(R_DROP_TOO_BIG);
+		return TC_ACT_SHOT;
+	}
+	__builtin_memcpy(eth.h_dest, oeth->h_source, ETH_ALEN);
+	__builtin_memcpy(eth.h_source, oeth->h_dest, ETH_ALEN);
+	eth.h_proto = bpf_htons(ETH_P_IP);
+	__builtin_memcpy(&r.quote, in, sizeof(r.quote));
+	__builtin_memcpy(r.quote_l4, in + 1, sizeof(r.quote_l4));
+
+	r.ip.version = 4;
+	r.ip.ihl = 5;
+	r.ip.tos = IPTOS_PREC_INTERNETCONTROL;
+	r.ip.tot_len = bpf_htons(sizeof(r));
+	r.ip.frag_off = bpf_htons(IP_DF);
+	r.ip.ttl = 64;
+	r.ip.protocol = IPPROTO_ICMP;
+	r.ip.saddr = r.quote.daddr;
+	r.ip.daddr = r.quote.saddr;
+	r.ip.check = ip_csum(&r.ip);
+	r.icmp.type = ICMP_DEST_UNREACH;
+	r.icmp.code = ICMP_FRAG_NEEDED;
+	r.icmp.rest = bpf_htonl(mtu); /* 16 unused bits, then the MTU */
+	r.icmp.checksum = csum_fold(bpf_csum_diff(NULL, 0, (__be32 *)&r.icmp,
+						  sizeof(r) - sizeof(r.ip), 0));
+
+	if (bpf_skb_change_tail(skb, FN_LEN, 0) ||
+	    bpf_skb_adjust_room(skb, -(int)(FN_LEN - ETH_HLEN - sizeof(struct iphdr)),
+				BPF_ADJ_ROOM_MAC, 0) ||
+	    bpf_skb_change_tail(skb, FN_LEN, 0) ||
+	    bpf_skb_store_bytes(skb, 0, &eth, sizeof(eth), 0) ||
+	    bpf_skb_store_bytes(skb, ETH_HLEN, &r, sizeof(r), 0)) {
+		count(R_DROP_ERROR);
+		return TC_ACT_SHOT;
+	}
+	count(R_TC_TX_FRAG_NEEDED);
+	return bpf_redirect(c->front_ifindex, 0);
+}
+
 /* DR and TUN for what XDP passed up: GSO packets too big to encapsulate
- * there, or everything when no XDP program runs. */
+ * there, non-GSO ones too big to forward at all, or everything when no
+ * XDP program runs. */
 static __always_inline int tc_forward(struct __sk_buff *skb, struct real *rs, struct config *c)
 {
 	struct ethhdr eth = { .h_proto = bpf_htons(ETH_P_IP) };
@@ -490,6 +592,10 @@ static __always_inline int tc_forward(struct __sk_buff *skb, struct real *rs, st
 		if ((void *)(in + 1) > data_end)
 			return TC_ACT_SHOT;
 		len = bpf_ntohs(in->tot_len) + sizeof(outer);
+		/* A GSO packet is segmented to fit after this; any other
+		 * would be dropped by the device without a word. */
+		if (len > c->front_mtu && !skb->gso_size)
+			return tc_frag_needed(skb, c);
 		outer.version = 4;
 		outer.ihl = 5;
 		outer.tos = in->tos;

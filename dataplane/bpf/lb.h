@@ -43,6 +43,7 @@
 #define ICMP_DEST_UNREACH 3
 #define ICMP_ECHO 8
 #define ICMP_TIME_EXCEEDED 11
+#define ICMP_FRAG_NEEDED 4 /* code of ICMP_DEST_UNREACH */
 
 struct icmphdr {
 	__u8 type;
@@ -142,6 +143,8 @@ enum reason {
 	R_TC_NAT_ICMP_OUT,
 	R_TC_TX_TUN_PROBE,
 	R_CONN_TABLE_BUSY, /* a home bucket's lock stayed taken */
+	R_TC_TX_FRAG_NEEDED, /* TUN packet too big: "fragmentation needed" sent back */
+	R_DROP_TOO_BIG,      /* TUN packet too big, and no answer may be sent */
 	R_REASON_MAX,
 };
 
