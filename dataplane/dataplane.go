@@ -86,7 +86,8 @@ type Config struct {
 	RingBufferSize int
 	// SweepInterval is how often Run expires connections; default 1 s.
 	SweepInterval time.Duration
-	// NeighInterval is how often Run refreshes next-hop MACs; default 1 s.
+	// NeighInterval is how often Run refreshes next-hop MACs and checks
+	// the sysctls Open set; default 1 s.
 	NeighInterval time.Duration
 	// RefreshInterval caps how often a live connection is re-announced
 	// (EventRefresh); each service uses at most a third of its shortest
@@ -177,6 +178,10 @@ type Dataplane struct {
 	mu     sync.Mutex
 	closed bool
 	st     applied
+	// sysctls are the ones Open set (none with KeepSysctls), which Run
+	// keeps set; sysctlRepairs counts how often it had to.
+	sysctls       []*sysctl
+	sysctlRepairs uint64
 
 	// leaseMu guards what SetLease needs, apart from mu: a renewal must
 	// never wait behind Apply or a sweep, or a healthy owner could let
@@ -211,13 +216,17 @@ func Open(cfg Config) (*Dataplane, error) {
 			return nil, err
 		}
 	}
-	d, err := load(cfg, &kernelNeighbours{nl: nl, link: front.index, log: cfg.Logger}, front, inside)
+	d, err := load(cfg, newKernelNeighbours(nl, front.index, cfg.Logger), front, inside)
 	if err != nil {
 		nl.Close()
 		return nil, err
 	}
 	if !cfg.KeepSysctls {
-		if err := setSysctls(front.name, inside.name); err != nil {
+		if d.sysctls, err = openSysctls(front.name, inside.name); err != nil {
+			d.Close()
+			return nil, err
+		}
+		if err := setSysctls(d.sysctls); err != nil {
 			d.Close()
 			return nil, err
 		}
@@ -418,7 +427,8 @@ func (d *Dataplane) attachXDP(nl *netlink.Handle, ifc iface, prog *ebpf.Program)
 }
 
 // Close detaches the programs and frees the maps. Owned addresses fall
-// silent at once.
+// silent at once. The neighbour entries the dataplane set up are removed
+// or given back (see kernelNeighbours); sysctls stay as they are.
 func (d *Dataplane) Close() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -445,8 +455,12 @@ func (d *Dataplane) Close() error {
 	if err := d.objs.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close objects: %w", err))
 	}
+	// Releases the neighbour entries this process set up.
 	if c, ok := d.neigh.(interface{ close() }); ok {
 		c.close()
+	}
+	if err := closeSysctls(d.sysctls); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

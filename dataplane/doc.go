@@ -100,7 +100,17 @@
 //     hosts to bypass it.
 //
 // rp_filter needs no change: translated packets are redirected before the
-// IP layer's source check. Config.KeepSysctls leaves all of them alone.
+// IP layer's source check. Run checks them every NeighInterval and sets
+// back, with a warning, any that someone changed (net.ipv4.ip_forward=1
+// turns every interface's forwarding on); Stats.SysctlRepairs counts it.
+// Config.KeepSysctls leaves all of them alone.
+//
+// Next hops: DR and TUN take their next-hop MACs from the kernel's
+// neighbour table. Where a next hop has no entry the dataplane adds a
+// kernel-managed one (resolved and kept resolved by the kernel) and
+// deletes it again once no realserver needs that next hop, or at Close; a
+// dynamic entry it finds is marked managed meanwhile and then unmarked,
+// and permanent entries are never touched.
 //
 // Attach mode: generic XDP on veth (native XDP on veth needs a program on
 // the peer and loses partial checksums), native on other NICs, with a

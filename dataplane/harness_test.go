@@ -60,6 +60,8 @@ func (s staticNeigh) lookup(addrs []netip.Addr) map[netip.Addr]net.HardwareAddr 
 	return out
 }
 
+func (staticNeigh) retain([]netip.Addr) {}
+
 func needRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {

@@ -17,9 +17,11 @@ const maxBatch = 1024
 // eventPoll bounds how long an event waits in the ring for the reader.
 const eventPoll = 20 * time.Millisecond
 
-// Run reads connection events from the programs, expires idle
-// connections (reporting each as EventClose) and keeps next-hop MACs
-// current, until ctx is done. onEvent is called from Run's goroutine only,
+// Run reads connection events from the programs and expires idle
+// connections (reporting each as EventClose) until ctx is done. Every
+// NeighInterval it also refreshes next-hop MACs, releases the neighbour
+// entries of next hops no longer needed, and sets back the sysctls Open
+// set if someone changed them. onEvent is called from Run's goroutine only,
 // with batches it may keep. An event waits in the ring for at most
 // eventPoll, less when the ring fills up.
 func (d *Dataplane) Run(ctx context.Context, onEvent func([]Event)) error {
@@ -62,11 +64,8 @@ func (d *Dataplane) Run(ctx context.Context, onEvent func([]Event)) error {
 				evs = evs[n:]
 			}
 		case <-neigh.C:
-			if err := d.refreshNeighbours(); err != nil {
-				if errors.Is(err, ErrClosed) {
-					return err
-				}
-				d.log.Warn("refresh neighbours", "err", err)
+			if err := d.housekeep(); err != nil {
+				return err
 			}
 		}
 	}
@@ -109,4 +108,25 @@ func (d *Dataplane) readEvents(ctx context.Context, rd *ringbuf.Reader, out chan
 			return nil
 		}
 	}
+}
+
+// housekeep is Run's step every NeighInterval: next-hop MACs, neighbour
+// entries, sysctls. It returns only ErrClosed and logs other errors.
+func (d *Dataplane) housekeep() error {
+	for _, step := range []struct {
+		what string
+		fn   func() error
+	}{
+		{"refresh neighbours", d.refreshNeighbours},
+		{"release neighbours", d.retainNeighbours},
+		{"check sysctls", d.checkSysctls},
+	} {
+		if err := step.fn(); err != nil {
+			if errors.Is(err, ErrClosed) {
+				return err
+			}
+			d.log.Warn(step.what, "err", err)
+		}
+	}
+	return nil
 }

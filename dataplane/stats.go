@@ -22,6 +22,7 @@ func (d *Dataplane) Stats() (Stats, error) {
 		ConnSlots:    d.conns.slots(),
 		TableBytes:   (len(d.conns.buckets) + len(d.rnat.buckets)) * ctBucketSize,
 	}
+	st.SysctlRepairs = d.sysctlRepairs
 	var per []directorCounters
 	for k, si := range d.st.svcs {
 		if err := d.objs.SvcStats.Lookup(si.id, &per); err != nil {

@@ -302,4 +302,8 @@ type Stats struct {
 	// (Config.ConnTableSize), ConnSlots the slots behind it, and
 	// TableBytes the memory of the connection and reverse-NAT tables.
 	ConnCapacity, ConnSlots, TableBytes int
+	// SysctlRepairs counts the times Run found a sysctl that Open set
+	// (forwarding, send_redirects; see the package documentation)
+	// changed, and set it back.
+	SysctlRepairs uint64
 }
