@@ -26,14 +26,15 @@ import (
 )
 
 type options struct {
-	cycles  int
-	warmup  time.Duration // from trafgen's start to the first count
-	window  time.Duration // counted time
-	maxPkts int           // trafgen's own bound
-	conns   int           // raftlb connection-table size
-	out     string
-	paths   string // comma-separated path names; empty for all
-	mixes   string // comma-separated mix names; empty for all
+	cycles    int
+	warmup    time.Duration // from trafgen's start to the first count
+	window    time.Duration // counted time
+	maxPkts   int           // trafgen's own bound
+	conns     int           // raftlb connection-table capacity, new tuple per packet
+	flowConns int           // and for the other mixes (0: the default)
+	out       string
+	paths     string // comma-separated path names; empty for all
+	mixes     string // comma-separated mix names; empty for all
 	// perf: after the cycles, profile every path but direct with every
 	// mix (perfRuns rounds) for the director's own cost.
 	perf     bool
@@ -47,7 +48,8 @@ func main() {
 	flag.DurationVar(&o.warmup, "warmup", 400*time.Millisecond, "time from the generator's start to the first count")
 	flag.DurationVar(&o.window, "window", 1500*time.Millisecond, "counted time per run")
 	flag.IntVar(&o.maxPkts, "max-packets", 3_000_000, "packet limit of each generator run")
-	flag.IntVar(&o.conns, "conns", 1<<21, "raftlb connection-table size (a new tuple per packet fills it at line rate)")
+	flag.IntVar(&o.conns, "conns", 1<<21, "raftlb connection-table capacity with a new tuple per packet (it fills the default at line rate)")
+	flag.IntVar(&o.flowConns, "flow-conns", 0, "raftlb connection-table capacity for the other mixes; 0 is the dataplane's default")
 	flag.StringVar(&o.out, "o", "bin/bench-pps.md", "markdown section to write")
 	flag.BoolVar(&o.perf, "perf", true, "after the cycles, profile each path and mix with perf record for the director's own ns/packet")
 	flag.IntVar(&o.perfRuns, "perf-runs", 1, "profiled runs per path and mix")
@@ -149,7 +151,8 @@ type bench struct {
 	sink   *ebpf.Program
 	count  *ebpf.Map
 	links  []link.Link
-	memory string // connection-table footprint, found on the first raftlb run
+	memory map[int]string // connection-table footprint by capacity, found on the first run of each
+	mix    mix            // of the trial being set up
 }
 
 func runBench(ctx context.Context, o options) error {
@@ -166,7 +169,7 @@ func runBench(ctx context.Context, o options) error {
 			return fmt.Errorf("-perf-runs %d: want at least 1", o.perfRuns)
 		}
 	}
-	b := &bench{o: o, lab: &lab{prefix: fmt.Sprintf("rlbpb%d", os.Getpid())}}
+	b := &bench{o: o, lab: &lab{prefix: fmt.Sprintf("rlbpb%d", os.Getpid())}, memory: make(map[int]string)}
 	var err error
 	if b.paths, err = pick(allPaths, pathName, o.paths); err != nil {
 		return fmt.Errorf("parse -paths: %w", err)
@@ -318,6 +321,17 @@ func (b *bench) setupBounce() (func() error, error) {
 	}, nil
 }
 
+// connTableSize is the capacity for the current mix: a new tuple per
+// packet gets a table it cannot fill in a run; the other mixes run with
+// the director's default, as a director would (a table many times bigger
+// than its flows costs TLB and cache misses on every packet).
+func (b *bench) connTableSize() int {
+	if b.mix.name == "churn" {
+		return b.o.conns
+	}
+	return b.o.flowConns
+}
+
 func raftlb(m dataplane.Method) func(*bench) (func() error, error) {
 	return func(b *bench) (func() error, error) {
 		var d *dataplane.Dataplane
@@ -327,7 +341,7 @@ func raftlb(m dataplane.Method) func(*bench) (func() error, error) {
 				FrontIface:    "eth0",
 				InsideIface:   "eth1",
 				AttachMode:    dataplane.AttachGeneric,
-				ConnTableSize: b.o.conns,
+				ConnTableSize: b.connTableSize(),
 				KeepSysctls:   true, // the nftables paths need forwarding on
 				Logger:        slog.New(slog.NewTextHandler(io.Discard, nil)),
 			})
@@ -370,9 +384,8 @@ func raftlb(m dataplane.Method) func(*bench) (func() error, error) {
 			teardown()
 			return nil, fmt.Errorf("set lease: %w", err)
 		}
-		if b.memory == "" {
-			b.memory, err = connMemory(d)
-			if err != nil {
+		if size := b.connTableSize(); b.memory[size] == "" {
+			if b.memory[size], err = connMemory(d); err != nil {
 				teardown()
 				return nil, err
 			}
@@ -421,6 +434,7 @@ func (b *bench) trial(ctx context.Context, p path, m mix, perfData string) (wind
 	if err := b.lab.exec("d", "conntrack", "-F"); err != nil && !strings.Contains(err.Error(), "0 flow entries") {
 		return window{}, err
 	}
+	b.mix = m
 	teardown, err := p.setup(b)
 	if err != nil {
 		return window{}, err
