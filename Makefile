@@ -16,7 +16,7 @@ PRIVILEGED_RE := /(deploy/lab|deploy/e2e|dataplane|agent|cmd/raftlb)(/|$$)
 TEST_FLAGS    ?= -p 2 -count=1 -timeout 20m
 BENCH_COUNT   ?= 6
 
-.PHONY: all build generate lint-proto check-generated check-bpf fmt-check vet test test-go bench demo lab-down clean
+.PHONY: all build generate lint-proto check-generated check-bpf fmt-check vet test test-go bench bench-tools demo lab-down clean
 
 all: build
 
@@ -88,8 +88,13 @@ test: check-generated lint-proto fmt-check vet test-go
 
 ## Measuring
 
+# The packets/s benchmark's tools (Debian packages), installed when missing.
+bench-tools:
+	@command -v trafgen >/dev/null && command -v conntrack >/dev/null && command -v nft >/dev/null && command -v perf >/dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends netsniff-ng conntrack nftables linux-perf >/dev/null; }
+
 # Go benchmarks (medians of BENCH_COUNT runs), rendered into BENCHMARKS.md.
-bench:
+bench: bench-tools
 	mkdir -p bin
 	$(GO) test -run '^$$' -bench . -benchmem -count $(BENCH_COUNT) ./server/... ./dataplane/... | tee bin/bench-go.txt
 	@# Lab benchmarks (root): each run brings up its own lab, so they run apart from the rest.
