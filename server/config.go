@@ -12,6 +12,9 @@ import (
 	"gopkg.in/yaml.v3"
 )
 
+// maxConnTableSize bounds --conn-table-size: 64M connections take ~9 GiB.
+const maxConnTableSize = 1 << 26
+
 // Config is everything a director (or witness) needs to run. Zero values are
 // filled in by Defaults; flags override a YAML file.
 type Config struct {
@@ -56,6 +59,9 @@ type Config struct {
 	InsideIface string `yaml:"inside_iface"`
 	// AttachMode is how XDP attaches: auto (generic on veth, native elsewhere), generic or native.
 	AttachMode string `yaml:"attach_mode"`
+	// ConnTableSize is how many connections the dataplane's table holds
+	// (NAT ones take as many reverse entries); 0 means 262144.
+	ConnTableSize int `yaml:"conn_table_size"`
 
 	// Raft timing; see shared HA timing notes. Defaults suit a LAN.
 	HeartbeatTimeout   time.Duration `yaml:"heartbeat_timeout"`
@@ -243,6 +249,9 @@ func (c *Config) Validate() error {
 	case "auto", "generic", "native":
 	default:
 		errs = append(errs, fmt.Errorf("attach-mode: %q is not auto, generic or native", c.AttachMode))
+	}
+	if c.ConnTableSize < 0 || c.ConnTableSize > maxConnTableSize {
+		errs = append(errs, fmt.Errorf("conn-table-size: %d is not between 0 (the default) and %d", c.ConnTableSize, maxConnTableSize))
 	}
 	const minTimeout = 5 * time.Millisecond
 	for name, d := range map[string]time.Duration{

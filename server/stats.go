@@ -52,7 +52,7 @@ type dataplaneCollector struct {
 
 	svcPackets, svcBytes, svcConns                 *prometheus.Desc
 	rsPackets, rsBytes, rsConns, rsActive          *prometheus.Desc
-	reasons, connTable, skipped, reconcileErrs, up *prometheus.Desc
+	reasons, connTable, connCapacity, sysctlRepairs, skipped, reconcileErrs, up *prometheus.Desc
 }
 
 func newDataplaneCollector(pp *PacketPath) *dataplaneCollector {
@@ -69,6 +69,8 @@ func newDataplaneCollector(pp *PacketPath) *dataplaneCollector {
 		rsActive:      prometheus.NewDesc("raftlb_realserver_active_connections", "Connections to the realserver in this director's table.", rs, nil),
 		reasons:       prometheus.NewDesc("raftlb_dataplane_verdicts_total", "Packets by what the dataplane did with them and why (drop_*, xdp_pass_*, xdp_tx_*, tc_*; conn_table_full and event_lost count lost table entries and ring-buffer events).", []string{"reason"}, nil),
 		connTable:     prometheus.NewDesc("raftlb_dataplane_connections", "Entries in this director's connection table at the last sweep.", nil, nil),
+		connCapacity:  prometheus.NewDesc("raftlb_dataplane_connection_capacity", "Connections this director's table is sized for (--conn-table-size); conn_table_full counts the ones that did not fit.", nil, nil),
+		sysctlRepairs: prometheus.NewDesc("raftlb_dataplane_sysctl_repairs_total", "Times the director found forwarding or send_redirects turned back on and turned it off again.", nil, nil),
 		skipped:       prometheus.NewDesc("raftlb_dataplane_skipped_entries_total", "Entries of the replicated state the dataplane refused and left out.", nil, nil),
 		reconcileErrs: prometheus.NewDesc("raftlb_dataplane_reconcile_errors_total", "Reconciliations of the dataplane that failed.", nil, nil),
 		up:            prometheus.NewDesc("raftlb_dataplane_up", "1 if the dataplane's counters could be read at this scrape.", nil, nil),
@@ -77,7 +79,7 @@ func newDataplaneCollector(pp *PacketPath) *dataplaneCollector {
 
 func (c *dataplaneCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.svcPackets, c.svcBytes, c.svcConns, c.rsPackets, c.rsBytes, c.rsConns,
-		c.rsActive, c.reasons, c.connTable, c.skipped, c.reconcileErrs, c.up} {
+		c.rsActive, c.reasons, c.connTable, c.connCapacity, c.sysctlRepairs, c.skipped, c.reconcileErrs, c.up} {
 		ch <- d
 	}
 }
@@ -108,6 +110,8 @@ func (c *dataplaneCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.reasons, prometheus.CounterValue, float64(n), r.String())
 	}
 	ch <- prometheus.MustNewConstMetric(c.connTable, prometheus.GaugeValue, float64(st.Conns))
+	ch <- prometheus.MustNewConstMetric(c.connCapacity, prometheus.GaugeValue, float64(st.ConnCapacity))
+	ch <- prometheus.MustNewConstMetric(c.sysctlRepairs, prometheus.CounterValue, float64(st.SysctlRepairs))
 }
 
 func svcLabels(k dataplane.ServiceKey) []string {

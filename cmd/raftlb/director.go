@@ -80,6 +80,8 @@ SIGINT or SIGTERM shuts it down gracefully.`,
 	str(func(c *server.Config) *string { return &c.FrontAddr }, "front-addr", "", "this director's IPv4 address on --iface, the outer source of TUN packets (default the interface's first)")
 	str(func(c *server.Config) *string { return &c.InsideIface }, "inside-iface", "", "inside interface (NAT realservers and the gateway address)")
 	str(func(c *server.Config) *string { return &c.AttachMode }, "attach-mode", "", "XDP attach mode: auto, generic or native (default auto)")
+	bindFlag(f, func(c *server.Config) *int { return &c.ConnTableSize }, fs.IntVar, "conn-table-size", 0,
+		"connections the dataplane's table holds, ~150 bytes each with the reverse-NAT table (default 262144)")
 	dur(func(c *server.Config) *time.Duration { return &c.HeartbeatTimeout }, "heartbeat-timeout", "Raft heartbeat timeout", d.HeartbeatTimeout)
 	dur(func(c *server.Config) *time.Duration { return &c.ElectionTimeout }, "election-timeout", "Raft election timeout", d.ElectionTimeout)
 	dur(func(c *server.Config) *time.Duration { return &c.LeaderLeaseTimeout }, "leader-lease-timeout", "Raft leader lease timeout", d.LeaderLeaseTimeout)
@@ -155,10 +157,11 @@ func openDataplane(cfg server.Config, log *slog.Logger) ([]server.Option, func()
 		return nil, nil, usageError{fmt.Errorf("--attach-mode: %w", err)}
 	}
 	dp, err := dataplane.Open(dataplane.Config{
-		FrontIface:  cfg.Iface,
-		InsideIface: cfg.InsideIface,
-		AttachMode:  mode,
-		Logger:      log.With("id", cfg.ID),
+		FrontIface:    cfg.Iface,
+		InsideIface:   cfg.InsideIface,
+		AttachMode:    mode,
+		ConnTableSize: cfg.ConnTableSize,
+		Logger:        log.With("id", cfg.ID),
 	})
 	if err != nil {
 		return nil, nil, fmt.Errorf("open dataplane: %w", err)

@@ -96,6 +96,7 @@ func TestUsageErrors(t *testing.T) {
 		{"bad agent", []string{"tls", "init", "--dir", t.TempDir(), "--agent", "rs1"}, "--agent"},
 		{"invalid director config", []string{"director", "--id", "d1", "--insecure"}, "data-dir: required"},
 		{"bad peers", []string{"director", "--id", "d1", "--data-dir", t.TempDir(), "--insecure", "--peers", "d1"}, "peers"},
+		{"bad conn table size", []string{"director", "--id", "d1", "--data-dir", t.TempDir(), "--insecure", "--conn-table-size", "-5"}, "conn-table-size: -5 is not between"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := run(t, nil, tc.args...)
