@@ -173,6 +173,16 @@ minus an empty program run the same way (` + "`dr/established-once`" + ` is the 
 comparison). ` + "`*/new`" + ` is a SYN of a tuple never seen (scheduling, the connection insert, its
 event), against a 262,144-entry table whose buckets are not in the cache. Targets: established DR
 ≤ 40 ns, a new connection ≤ 120 ns.`,
+	"github.com/raftlb/raftlb/deploy/e2e": `AgentConvergence: from the CLI's return to the realserver's kernel configured by its agent
+(add: VIP on lo, sysctls, routes; del: removal), 20 trials per run.`,
+	"github.com/raftlb/raftlb/deploy/e2e/failover": `FailoverOutage: the longest gap in a probe every 10 ms through a VIP when its owner is SIGKILLed
+(owner-and-leader: the owner is also the Raft leader, so a new leader must first wait out a lease).
+ConnectionSurvival: connections replicated before the kill (old) and younger than one sync batch
+(young) that still reach their realserver on the new owner, by scheduler. ConnSyncLab: 64 dialers in
+the client namespace open and hold real TCP connections through a DR (mh) VIP owned by d1 for 5 s;
+then the standby d2's table is polled through the API until it holds ≥ 99% of them. conns/s is bounded
+by the machine (client, three backends and both directors share 2 CPUs); standby-lag is an upper
+bound, as one poll of the whole table takes ~280 ms.`,
 }
 
 func (r *results) render(w io.Writer, now time.Time) error {
