@@ -689,3 +689,42 @@ func TestApplyValidation(t *testing.T) {
 		t.Errorf("Go knows %d reasons, the programs %d", numReasons, d.objs.Reasons.MaxEntries())
 	}
 }
+
+// A bucket lock held elsewhere (Go, or a CPU the holder cannot leave)
+// costs no connection its realserver: a retransmitted SYN still finds its
+// entry, and an unrecorded SYN's flow-hash pick is what its next packet,
+// recorded mid-stream, gets too.
+func TestConnTableBusy(t *testing.T) {
+	d := newTestDataplane(t, Config{})
+	mustApply(t, d, State{Services: []Service{service(RR, reals(DR, 80, 3))}})
+	grantLease(t, d, vip)
+	home := func(port uint16) uint32 {
+		k := connKeyToWire(ConnKey{Proto: TCP, Client: netip.AddrPortFrom(client, port), VIP: netip.AddrPortFrom(vip, 80)})
+		h, _, _ := ctHash(connCTKey(k), d.conns.seed, uint32(len(d.conns.buckets)))
+		return h
+	}
+	_, out := run(t, d.objs.XdpFront, tcpFrame(client, 40001, vip, 80, pkt.SYN, nil))
+	recorded := rsOf(out)
+	// rr would move a second pick: send enough SYNs elsewhere to turn it.
+	run(t, d.objs.XdpFront, tcpFrame(client, 40100, vip, 80, pkt.SYN, nil))
+
+	d.conns.lock(home(40001))
+	_, out = run(t, d.objs.XdpFront, tcpFrame(client, 40001, vip, 80, pkt.SYN, nil))
+	d.conns.unlock(home(40001))
+	if got := rsOf(out); got != recorded {
+		t.Errorf("retransmitted SYN under a held lock went to rs%d, want its recorded rs%d", got, recorded)
+	}
+	if counter(t, d, ReasonConnTableBusy) == 0 {
+		t.Error("conn_table_busy not counted")
+	}
+
+	for p := uint16(40200); p < 40210; p++ {
+		d.conns.lock(home(p))
+		_, syn := run(t, d.objs.XdpFront, tcpFrame(client, p, vip, 80, pkt.SYN, nil))
+		d.conns.unlock(home(p))
+		_, ack := run(t, d.objs.XdpFront, tcpFrame(client, p, vip, 80, pkt.ACK, nil))
+		if rsOf(syn) != rsOf(ack) {
+			t.Errorf("port %d: unrecorded SYN went to rs%d, its ACK to rs%d", p, rsOf(syn), rsOf(ack))
+		}
+	}
+}

@@ -48,7 +48,7 @@ func (d *Dataplane) InstallConnections(conns []Conn) error {
 	if d.closed {
 		return ErrClosed
 	}
-	skipped := 0
+	skipped, full := 0, 0
 	for _, c := range conns {
 		si := d.st.svcs[c.Key.service()]
 		var ri *realInfo
@@ -78,19 +78,10 @@ func (d *Dataplane) InstallConnections(conns []Conn) error {
 		}
 		prev, replaced, err := d.conns.put(ck, connCTVal(v))
 		if err != nil {
-			return fmt.Errorf("install connection %s: %w", c.Key, err)
+			full++ // the rest may still fit: their buckets differ
+			continue
 		}
 		old := *connVal(&prev)
-		// The replaced entry's reverse entry would outlive it.
-		if replaced && old.Flags&connFlagNAT != 0 && rnatKeyFor(k, old) != rnatKeyFor(k, v) {
-			d.rnat.deleteIf(rnatCTKey(rnatKeyFor(k, old)), nil)
-		}
-		if v.Flags&connFlagNAT != 0 {
-			rv := directorRnat{Vip: k.Daddr, Vport: k.Dport, LastSeenNs: v.LastSeenNs}
-			if _, _, err := d.rnat.put(rnatCTKey(rnatKeyFor(k, v)), rnatCTVal(rv)); err != nil {
-				return fmt.Errorf("install reverse NAT of %s: %w", c.Key, err)
-			}
-		}
 		switch {
 		case !replaced:
 			d.adjustActive(v.RsIdx, +1)
@@ -98,11 +89,25 @@ func (d *Dataplane) InstallConnections(conns []Conn) error {
 			d.adjustOwn(old, -1)
 			d.adjustActive(v.RsIdx, +1)
 		}
+		// The replaced entry's reverse entry would outlive it.
+		if replaced && old.Flags&connFlagNAT != 0 && rnatKeyFor(k, old) != rnatKeyFor(k, v) {
+			d.rnat.deleteIf(rnatCTKey(rnatKeyFor(k, old)), nil)
+		}
+		if v.Flags&connFlagNAT != 0 {
+			rv := directorRnat{Vip: k.Daddr, Vport: k.Dport, LastSeenNs: v.LastSeenNs}
+			if _, _, err := d.rnat.put(rnatCTKey(rnatKeyFor(k, v)), rnatCTVal(rv)); err != nil {
+				full++
+			}
+		}
 	}
+	var errs []error
 	if skipped > 0 {
-		return fmt.Errorf("install connections: %d of %d skipped: %w", skipped, len(conns), ErrUnknownRealserver)
+		errs = append(errs, fmt.Errorf("install connections: %d of %d skipped: %w", skipped, len(conns), ErrUnknownRealserver))
 	}
-	return nil
+	if full > 0 {
+		errs = append(errs, fmt.Errorf("install connections: %d of %d did not fit: %w", full, len(conns), ErrTableFull))
+	}
+	return errors.Join(errs...)
 }
 
 // counts reports whether v is counted in its realserver slot's active
@@ -182,6 +187,10 @@ func (d *Dataplane) Flush(vip *netip.Addr) error {
 	for _, k := range doomed {
 		d.deleteConn(k, nil)
 	}
+	// The flushed capacity is free again at once, not after a sweep.
+	if err := d.reapLocked(); err != nil {
+		return fmt.Errorf("flush: %w", err)
+	}
 	return d.sweepPersist(func(k directorPersistKey, _ directorPersist) bool {
 		si := d.st.byID[k.SvcId]
 		return vip == nil || si == nil || si.svc.VIP == *vip
@@ -216,7 +225,30 @@ func (d *Dataplane) sweep() ([]Event, error) {
 	if err := d.sweepPersistExpired(now, total); err != nil {
 		return evs, err
 	}
-	return evs, d.sweepRnat(now)
+	if err := d.sweepRnat(now); err != nil {
+		return evs, err
+	}
+	return evs, d.reap()
+}
+
+// reap frees the table slots deleted since the last time, once no program
+// can still hold a pointer to them.
+func (d *Dataplane) reap() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return ErrClosed
+	}
+	return d.reapLocked()
+}
+
+func (d *Dataplane) reapLocked() error {
+	for _, t := range []*ctTable{d.conns, d.rnat} {
+		if _, err := t.reap(d.rcuSync); err != nil {
+			return fmt.Errorf("free deleted table slots: %w", err)
+		}
+	}
+	return nil
 }
 
 func (d *Dataplane) sweepPersistExpired(now uint64, conns int) error {

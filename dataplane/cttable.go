@@ -1,7 +1,6 @@
 package dataplane
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"runtime"
@@ -27,13 +26,13 @@ type ctTable struct {
 const (
 	ctWays    = 8
 	ctTagBusy = 2
+	// ctTagDead marks a deleted slot until reap frees it: a program may
+	// still be writing through a pointer it found before the delete.
+	ctTagDead = 4
 	// ctLoad is the share of slots the nominal capacity fills: with two
 	// choices of bucket, almost no insert finds both full below it.
 	ctLoadNum, ctLoadDen = 3, 4
 )
-
-// errTableFull means both buckets a key may live in are full.
-var errTableFull = errors.New("connection table full")
 
 // ctBuckets is how many buckets hold entries at ctLoad.
 func ctBuckets(entries int) uint32 {
@@ -69,7 +68,7 @@ func newMemCT(buckets int, seed uint64) *ctTable {
 }
 
 func (t *ctTable) close() error {
-	if t.mem == nil {
+	if t == nil || t.mem == nil {
 		return nil
 	}
 	err := unix.Munmap(t.mem)
@@ -201,7 +200,7 @@ func (t *ctTable) put(k ctKey, v ctVal) (old ctVal, replaced bool, err error) {
 	if t.claim(first, k, v, tag) || t.claim(second, k, v, tag) {
 		return old, false, nil
 	}
-	return old, false, errTableFull
+	return old, false, ErrTableFull
 }
 
 func (t *ctTable) used(b uint32) int {
@@ -244,7 +243,7 @@ func (t *ctTable) deleteIf(k ctKey, doomed func(v *ctVal) bool) (ctVal, bool) {
 		return ctVal{}, false
 	}
 	v := s.Val
-	atomic.StoreUint32(&t.buckets[b].Tag[w], 0)
+	atomic.StoreUint32(&t.buckets[b].Tag[w], ctTagDead)
 	return v, true
 }
 
@@ -266,6 +265,35 @@ func (t *ctTable) walk(fn func(k ctKey, v *ctVal)) {
 			fn(s.Key, &s.Val)
 		}
 	}
+}
+
+// reap frees the slots deleted so far (by Go or by the programs) once
+// sync has returned: sync must wait until every program that could have
+// found them before their delete has finished (an RCU grace period).
+// Only reap frees slots; callers serialise it.
+func (t *ctTable) reap(sync func() error) (int, error) {
+	type pos struct {
+		b uint32
+		w int
+	}
+	var dead []pos
+	for b := range t.buckets {
+		for w := range ctWays {
+			if atomic.LoadUint32(&t.buckets[b].Tag[w]) == ctTagDead {
+				dead = append(dead, pos{uint32(b), w})
+			}
+		}
+	}
+	if len(dead) == 0 {
+		return 0, nil
+	}
+	if err := sync(); err != nil {
+		return 0, err
+	}
+	for _, p := range dead {
+		atomic.CompareAndSwapUint32(&t.buckets[p.b].Tag[p.w], ctTagDead, 0)
+	}
+	return len(dead), nil
 }
 
 // slots is the table's capacity in slots; the nominal capacity is ctLoad

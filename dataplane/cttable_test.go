@@ -46,7 +46,7 @@ func TestCTTableOps(t *testing.T) {
 		switch {
 		case err == nil && !replaced:
 			keys = append(keys, k)
-		case err != errTableFull:
+		case err != ErrTableFull:
 			t.Fatalf("put %d: replaced %v, err %v", i, replaced, err)
 		}
 	}
@@ -76,6 +76,15 @@ func TestCTTableOps(t *testing.T) {
 	if v, _ := tb.lookup(keys[4]); v[1] != 5 {
 		t.Fatal("update not visible")
 	}
+	// A deleted slot is reused only after reap's grace period: a program
+	// may still be writing through a pointer to it.
+	synced := false
+	if n, err := tb.reap(func() error { synced = true; return nil }); err != nil || n != 1 || !synced {
+		t.Fatalf("reap: %d freed, synced %v, err %v; want 1 freed after a sync", n, synced, err)
+	}
+	if n, _ := tb.reap(func() error { t.Fatal("sync without dead slots"); return nil }); n != 0 {
+		t.Fatalf("second reap freed %d", n)
+	}
 	// The freed slot takes the key again.
 	if _, _, err := tb.put(keys[3], ctVal{3}); err != nil {
 		t.Fatalf("reinsert: %v", err)
@@ -85,12 +94,28 @@ func TestCTTableOps(t *testing.T) {
 // Concurrent inserts of the same keys leave each key once: the home
 // bucket's lock serialises them, as it does for the programs.
 func TestCTTableConcurrentPut(t *testing.T) {
-	tb := newMemCT(int(ctBuckets(4096)), 9)
+	// Room for every delete's dead slot too, however seldom the reaper
+	// below gets to run.
+	tb := newMemCT(int(ctBuckets(16384)), 9)
 	r := rand.New(rand.NewPCG(4, 5))
 	keys := make([]ctKey, 3000)
 	for i := range keys {
 		keys[i] = randomKey(r)
 	}
+	// One reaper frees deleted slots meanwhile, as the sweeper does.
+	stop := make(chan struct{})
+	reaped := make(chan struct{})
+	go func() {
+		defer close(reaped)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				tb.reap(func() error { return nil })
+			}
+		}
+	}()
 	var wg sync.WaitGroup
 	for g := range 4 {
 		wg.Add(1)
@@ -108,6 +133,8 @@ func TestCTTableConcurrentPut(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+	close(stop)
+	<-reaped
 	seen := make(map[ctKey]int)
 	tb.walk(func(k ctKey, _ *ctVal) { seen[k]++ })
 	for k, n := range seen {

@@ -27,6 +27,9 @@ var (
 	ErrUnknownRealserver = errors.New("unknown service or realserver")
 	// ErrClosed is returned after Close.
 	ErrClosed = errors.New("dataplane closed")
+	// ErrTableFull marks entries that did not fit the connection or
+	// reverse-NAT table (both buckets a key may live in were full).
+	ErrTableFull = errors.New("connection table full")
 )
 
 // AttachMode selects how XDP programs attach.
@@ -169,9 +172,11 @@ type Dataplane struct {
 	index *vipIndex
 	// conns and rnat are the connection and reverse-NAT tables, mapped.
 	conns, rnat *ctTable
-	tick        jiffyClock // how the programs read the time
-	neigh       neighbours
-	links       []link.Link
+	// grace and graceInner serve rcuSync.
+	grace, graceInner *ebpf.Map
+	tick              jiffyClock // how the programs read the time
+	neigh             neighbours
+	links             []link.Link
 
 	front, inside iface
 
@@ -326,11 +331,39 @@ func (d *Dataplane) mapTables() error {
 		d.conns.close()
 		return err
 	}
+	// An update of a map-in-map returns only after an RCU grace period
+	// (the kernel waits for running programs so that userspace knows the
+	// old inner map is unused): rcuSync uses that to wait for programs.
+	if d.graceInner, err = ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1}); err != nil {
+		d.closeTables()
+		return fmt.Errorf("create grace-period map: %w", err)
+	}
+	d.grace, err = ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.ArrayOfMaps, KeySize: 4, ValueSize: 4, MaxEntries: 1,
+		InnerMap: &ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1}})
+	if err != nil {
+		d.closeTables()
+		return fmt.Errorf("create grace-period map: %w", err)
+	}
+	return nil
+}
+
+// rcuSync returns once every program run that began before the call has
+// finished.
+func (d *Dataplane) rcuSync() error {
+	if err := d.grace.Put(uint32(0), d.graceInner); err != nil {
+		return fmt.Errorf("wait for running programs: %w", err)
+	}
 	return nil
 }
 
 func (d *Dataplane) closeTables() error {
-	return errors.Join(d.conns.close(), d.rnat.close())
+	var errs []error
+	for _, m := range []*ebpf.Map{d.grace, d.graceInner} {
+		if m != nil {
+			errs = append(errs, m.Close())
+		}
+	}
+	return errors.Join(append(errs, d.conns.close(), d.rnat.close())...)
 }
 
 func (d *Dataplane) writeConfig(frontAddr netip.Addr) error {

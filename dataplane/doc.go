@@ -43,7 +43,13 @@
 //     with a few atomics; a kernel hash map costs a call per lookup and a
 //     locked, freelist-backed insert of several hundred ns. Inserts and
 //     deletes of a key hold its home bucket's lock, so no key is ever
-//     recorded twice; lookups take no lock. The hash is seeded at random
+//     recorded twice; lookups take no lock. A deleted slot stays dead
+//     (neither found nor reused) until the sweeper frees it after an RCU
+//     grace period, so a program still writing through a pointer it found
+//     earlier never writes into another connection's entry. A packet that
+//     finds the lock taken too long is forwarded unrecorded
+//     (conn_table_busy); a TCP connection first recorded mid-stream is
+//     scheduled by flow hash, the pick an unrecorded SYN got. The hash is seeded at random
 //     per load. Also persistence tables, per-service lookup tables
 //     (Maglev, computed in dataplane/maglev), leases, per-CPU counters
 //     and the event ring.

@@ -384,6 +384,10 @@ struct {
  */
 #define CT_WAYS 8
 #define CT_TAG_BUSY 2 /* claimed, being written; real tags are odd */
+/* Deleted: not found, not reused until Go frees it after an RCU grace
+ * period, so a program still writing through a pointer to it cannot
+ * write into another key's entry. */
+#define CT_TAG_DEAD 4
 #define CT_LOCK_TRIES 64
 
 union ct_val {
@@ -399,7 +403,7 @@ struct ct_slot {
 struct ct_bucket {
 	__u32 lock;
 	__u32 pad;
-	__u32 tag[CT_WAYS]; /* 0 free, CT_TAG_BUSY claimed, else the key's tag */
+	__u32 tag[CT_WAYS]; /* 0 free, CT_TAG_BUSY claimed, CT_TAG_DEAD, else the key's tag */
 	__u64 pad2[3];      /* the header is one cache line */
 	struct ct_slot slot[CT_WAYS];
 };
@@ -770,11 +774,11 @@ static __always_inline void ct_delete(void *map, const __u64 *key, struct ct_pos
 		return;
 	w = ct_way(home, key[0], key[1], p->tag);
 	if (w < CT_WAYS) {
-		__sync_lock_test_and_set(&home->tag[w], 0);
+		__sync_lock_test_and_set(&home->tag[w], CT_TAG_DEAD);
 	} else {
 		w = ct_way(alt, key[0], key[1], p->tag);
 		if (w < CT_WAYS)
-			__sync_lock_test_and_set(&alt->tag[w], 0);
+			__sync_lock_test_and_set(&alt->tag[w], CT_TAG_DEAD);
 	}
 	ct_unlock(home);
 }
@@ -1087,8 +1091,11 @@ static __always_inline struct real *conn_select(struct svc *s, struct flow *f, _
 			}
 		}
 	}
+	/* A TCP connection first seen mid-stream (a takeover, or a SYN the
+	 * table could not record) picks by flow hash, as the unrecorded SYN
+	 * did: a second rr or lc pick would move it. */
 	if (pick < 0)
-		pick = schedule(s, f, 0);
+		pick = schedule(s, f, f->key.proto == IPPROTO_TCP && !(f->syn && !f->ack));
 	if (pick < 0)
 		return NULL;
 	idx = (__u32)pick;
@@ -1138,11 +1145,22 @@ static __always_inline struct real *conn_select(struct svc *s, struct flow *f, _
 			break;
 		}
 		default:
+			count(r == CT_BUSY ? R_CONN_TABLE_BUSY : R_CONN_TABLE_FULL);
+			/* A SYN skipped the lock-free search: a known connection
+			 * must not lose its realserver to a contended lock. */
+			if (r == CT_BUSY && f->syn && !f->ack) {
+				slot = ct_find(&conns, (__u64 *)&f->key, &pos);
+				if (slot) {
+					struct real *won = conn_hit(s, f, &slot->val.conn, now, rs_idx, cfg);
+
+					if (won)
+						return won;
+				}
+			}
 			/* Forward anyway: mh/sh give every director the same
 			 * answer, and the others pick by flow hash so that this
 			 * unrecorded flow keeps its realserver from packet to
 			 * packet. */
-			count(r == CT_BUSY ? R_CONN_TABLE_BUSY : R_CONN_TABLE_FULL);
 			if (!persisted && s->sched >= SCHED_RR) {
 				pick = schedule(s, f, 1);
 				if (pick < 0)
