@@ -50,8 +50,8 @@ func (d *Director) addStats(svcs ...*raftlbv1.VirtualService) {
 type dataplaneCollector struct {
 	pp *PacketPath
 
-	svcPackets, svcBytes, svcConns                 *prometheus.Desc
-	rsPackets, rsBytes, rsConns, rsActive          *prometheus.Desc
+	svcPackets, svcBytes, svcConns                                              *prometheus.Desc
+	rsPackets, rsBytes, rsConns, rsActive                                       *prometheus.Desc
 	reasons, connTable, connCapacity, sysctlRepairs, skipped, reconcileErrs, up *prometheus.Desc
 }
 
