@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -202,19 +203,29 @@ func (l *Lab) stopAll(ctx context.Context, recs map[string]pidRecord, inodes map
 // signalExact sends sig to pid only if pid is still the process that started at start:
 // the pidfd pins the process, so the check and the signal cannot straddle a pid reuse.
 func signalExact(pid int, start uint64, sig syscall.Signal) error {
+	// The process may exit and be reaped at any step: that is "done", not
+	// a failure.
 	fd, err := unix.PidfdOpen(pid, 0)
+	if errors.Is(err, unix.ESRCH) {
+		return fmt.Errorf("signal %d: %w", pid, os.ErrProcessDone)
+	}
 	if err != nil {
 		return fmt.Errorf("open pidfd %d: %w", pid, err)
 	}
 	defer unix.Close(fd)
 	st, err := readStat(pid)
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("signal %d: %w", pid, os.ErrProcessDone)
+	}
 	if err != nil {
 		return err
 	}
 	if st.start != start {
 		return fmt.Errorf("signal %d: pid reused", pid)
 	}
-	if err := unix.PidfdSendSignal(fd, sig, nil, 0); err != nil {
+	if err := unix.PidfdSendSignal(fd, sig, nil, 0); errors.Is(err, unix.ESRCH) {
+		return fmt.Errorf("signal %d: %w", pid, os.ErrProcessDone)
+	} else if err != nil {
 		return fmt.Errorf("signal %d: %w", pid, err)
 	}
 	return nil
