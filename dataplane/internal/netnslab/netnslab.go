@@ -5,13 +5,15 @@
 package netnslab
 
 import (
-	"fmt"
+	"os"
 	"os/exec"
-	"runtime"
+	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/vishvananda/netns"
+
+	"github.com/raftlb/raftlb/deploy/lab"
 )
 
 // Lab is a set of namespaces whose names start with a prefix.
@@ -94,13 +96,20 @@ func (l *Lab) IP(ns string, args ...string) string {
 // Exec runs a command inside a lab namespace.
 func (l *Lab) Exec(ns string, args ...string) string {
 	l.t.Helper()
-	return l.Run(append([]string{"ip", "netns", "exec", l.NS(ns)}, args...)...)
+	var out string
+	if err := l.Do(ns, func() error { out = l.Run(args...); return nil }); err != nil {
+		l.t.Fatal(err)
+	}
+	return out
 }
 
 // Sysctl sets a sysctl (dotted name) inside a lab namespace.
 func (l *Lab) Sysctl(ns, key, val string) {
 	l.t.Helper()
-	l.Exec(ns, "sysctl", "-qw", key+"="+val)
+	p := filepath.Join("/proc/sys", strings.ReplaceAll(key, ".", "/"))
+	if err := l.Do(ns, func() error { return os.WriteFile(p, []byte(val), 0o644) }); err != nil {
+		l.t.Fatalf("set %s in %s: %v", p, l.NS(ns), err)
+	}
 }
 
 // Run runs a command and fails the test if it fails.
@@ -116,29 +125,5 @@ func (l *Lab) Run(args ...string) string {
 // Do runs fn on an OS thread inside the namespace; sockets and netlink
 // handles fn creates stay in that namespace.
 func (l *Lab) Do(ns string, fn func() error) error {
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("get current netns: %w", err)
-	}
-	defer orig.Close()
-	target, err := netns.GetFromName(l.NS(ns))
-	if err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("open netns %s: %w", ns, err)
-	}
-	defer target.Close()
-	if err := netns.Set(target); err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("enter netns %s: %w", ns, err)
-	}
-	ferr := fn()
-	if err := netns.Set(orig); err != nil {
-		// Leave the thread locked: it dies with the goroutine instead of
-		// serving others from the wrong namespace.
-		return fmt.Errorf("leave netns %s: %w", ns, err)
-	}
-	runtime.UnlockOSThread()
-	return ferr
+	return lab.InNamespace(l.NS(ns), fn)
 }

@@ -4,11 +4,12 @@ import (
 	"bytes"
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
-	"runtime"
+	"path/filepath"
 	"strings"
 
-	"github.com/vishvananda/netns"
+	rlblab "github.com/raftlb/raftlb/deploy/lab"
 )
 
 // Lab addresses and MACs. The client reaches the VIP through the
@@ -64,8 +65,20 @@ func (l *lab) ip(ns string, args ...string) error {
 	return run(append([]string{"ip", "-n", l.ns(ns)}, args...)...)
 }
 
+// exec runs a tool inside namespace ns.
 func (l *lab) exec(ns string, args ...string) error {
-	return run(append([]string{"ip", "netns", "exec", l.ns(ns)}, args...)...)
+	return l.do(ns, func() error { return run(args...) })
+}
+
+// sysctl sets /proc/sys/<key> as namespace ns sees it.
+func (l *lab) sysctl(ns, key, val string) error {
+	return l.do(ns, func() error {
+		p := filepath.Join("/proc/sys", key)
+		if err := os.WriteFile(p, []byte(val), 0o644); err != nil {
+			return fmt.Errorf("set %s in %s: %w", p, l.ns(ns), err)
+		}
+		return nil
+	})
 }
 
 func (l *lab) addNS(name string) error {
@@ -141,8 +154,11 @@ func (l *lab) up() error {
 	}
 	// The nftables paths route; the raftlb and XDP paths never reach the
 	// IP layer, so these settings do not help them.
-	for _, kv := range []string{"net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.eth0.rp_filter=0", "net.ipv4.conf.eth1.rp_filter=0"} {
-		if err := l.exec("d", "sysctl", "-qw", kv); err != nil {
+	for _, kv := range [][2]string{
+		{"net/ipv4/ip_forward", "1"}, {"net/ipv4/conf/all/rp_filter", "0"},
+		{"net/ipv4/conf/eth0/rp_filter", "0"}, {"net/ipv4/conf/eth1/rp_filter", "0"},
+	} {
+		if err := l.sysctl("d", kv[0], kv[1]); err != nil {
 			return err
 		}
 	}
@@ -158,31 +174,8 @@ func (l *lab) down() {
 }
 
 // do runs fn on an OS thread inside namespace name; links and sockets fn
-// creates stay bound to that namespace.
+// creates stay bound to that namespace, and processes it starts are born
+// there.
 func (l *lab) do(name string, fn func() error) error {
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("get current netns: %w", err)
-	}
-	defer orig.Close()
-	target, err := netns.GetFromName(l.ns(name))
-	if err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("open netns %s: %w", name, err)
-	}
-	defer target.Close()
-	if err := netns.Set(target); err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("enter netns %s: %w", name, err)
-	}
-	ferr := fn()
-	if err := netns.Set(orig); err != nil {
-		// Leave the thread locked: it dies with the goroutine instead of
-		// serving others from the wrong namespace.
-		return fmt.Errorf("leave netns %s: %w", name, err)
-	}
-	runtime.UnlockOSThread()
-	return ferr
+	return rlblab.InNamespace(l.ns(name), fn)
 }
