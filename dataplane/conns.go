@@ -10,9 +10,8 @@ import (
 )
 
 // walkConns calls fn for every connection-table entry.
-func (d *Dataplane) walkConns(fn func(k directorConnKey, v directorConn)) error {
+func (d *Dataplane) walkConns(fn func(k directorConnKey, v directorConn)) {
 	d.conns.walk(func(k ctKey, v *ctVal) { fn(ctConnKey(k), *connVal(v)) })
-	return nil
 }
 
 func (d *Dataplane) connFromWire(k directorConnKey, v directorConn) Conn {
@@ -31,10 +30,10 @@ func (d *Dataplane) Connections() ([]Conn, error) {
 		return nil, ErrClosed
 	}
 	var out []Conn
-	err := d.walkConns(func(k directorConnKey, v directorConn) {
+	d.walkConns(func(k directorConnKey, v directorConn) {
 		out = append(out, d.connFromWire(k, v))
 	})
-	return out, err
+	return out, nil
 }
 
 // InstallConnections writes replicated connections into the table, so
@@ -198,8 +197,8 @@ func (d *Dataplane) Flush(vip *netip.Addr) error {
 }
 
 // sweepChunk bounds the entries the sweeper deletes under one hold of
-// d.mu: a mass expiry costs several syscalls per entry, and Apply, Stats
-// and the other callers must not wait behind all of them.
+// d.mu, so that Apply, Stats and the other callers never wait behind a
+// mass expiry.
 const sweepChunk = 256
 
 // sweep deletes expired connections and returns their close events, then
@@ -278,7 +277,7 @@ func (d *Dataplane) sweepScan(now uint64) ([]connKV, int, error) {
 	}
 	var doomed []connKV
 	total := 0
-	err := d.walkConns(func(k directorConnKey, v directorConn) {
+	d.walkConns(func(k directorConnKey, v directorConn) {
 		total++
 		si := d.st.byID[v.SvcId]
 		if si == nil || si.svc.ServiceKey != connKeyFromWire(k).service() {
@@ -289,7 +288,7 @@ func (d *Dataplane) sweepScan(now uint64) ([]connKV, int, error) {
 			doomed = append(doomed, connKV{k, v})
 		}
 	})
-	return doomed, total, err
+	return doomed, total, nil
 }
 
 // sweepDelete deletes one chunk of expired connections under d.mu.

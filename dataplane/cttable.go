@@ -17,8 +17,7 @@ import (
 // walks take no lock; inserts and deletes hold the key's home-bucket lock,
 // which the programs take too.
 type ctTable struct {
-	m       *ebpf.Map // nil for a table in Go memory (tests)
-	mem     []byte
+	mem     []byte // the mapping; nil for a table in Go memory (tests)
 	buckets []directorCtBucket
 	seed    uint64
 }
@@ -55,7 +54,6 @@ func mapCT(m *ebpf.Map, seed uint64) (*ctTable, error) {
 		return nil, fmt.Errorf("map connection table into memory: %w", err)
 	}
 	return &ctTable{
-		m:       m,
 		mem:     mem,
 		buckets: unsafe.Slice((*directorCtBucket)(unsafe.Pointer(&mem[0])), n),
 		seed:    seed,
