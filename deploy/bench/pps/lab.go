@@ -104,12 +104,24 @@ func (l *lab) link(host, dev, br string, hw net.HardwareAddr, addr string) error
 			return err
 		}
 	}
-	return nil
+	// A static forwarding entry: the realservers only sink, so the bridge
+	// would never learn their MACs and would flood every packet to every
+	// port once the learned entries aged out.
+	return run("bridge", "-n", l.ns("sw"), "fdb", "replace", hw.String(), "dev", port, "master", "static")
 }
 
 func (l *lab) up() error {
 	if err := l.addNS("sw"); err != nil {
 		return err
+	}
+	// With br_netfilter loaded, a bridge hands every IPv4 frame it
+	// forwards to the namespace's netfilter hooks; a switch does not.
+	if _, err := os.Stat("/proc/sys/net/bridge"); err == nil {
+		for _, k := range []string{"iptables", "ip6tables", "arptables"} {
+			if err := l.sysctl("sw", "net/bridge/bridge-nf-call-"+k, "0"); err != nil {
+				return err
+			}
+		}
 	}
 	for _, br := range []string{"br0", "br1"} {
 		if err := l.ip("sw", "link", "add", br, "type", "bridge"); err != nil {
