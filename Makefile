@@ -101,7 +101,7 @@ bench: bench-tools
 	$(GO) test -run '^$$' -bench . -count $(BENCH_COUNT) ./deploy/e2e/ | tee -a bin/bench-go.txt
 	@# Failover (root, ~4 min): each benchmark runs its own 24 (or 3x20) trials in one go.
 	$(GO) test -run '^$$' -bench . -benchtime 1x -count 1 ./deploy/e2e/failover/ | tee -a bin/bench-go.txt
-	@# Packets/s through a director in a netns lab (root, perf; ~12 min): a section of its own.
+	@# Packets/s through a director in a netns lab (root, perf; ~18 min): a section of its own.
 	$(GO) run ./deploy/bench/pps -perf-runs 3 -o bin/bench-pps.md
 	$(GO) run ./deploy/bench -o BENCHMARKS.md bin/bench-go.txt
 	cat bin/bench-pps.md >> BENCHMARKS.md

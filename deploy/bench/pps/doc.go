@@ -3,16 +3,29 @@
 // an XDP program that only rewrites MACs and bounces, nftables DNAT (jhash
 // and numgen maps, as kube-proxy's nftables mode builds them) and the
 // client sending straight to a realserver. A TC program on each realserver
-// counts and drops (newSink says why not XDP). Every path runs once per
-// cycle, in a random order, so ratios are taken between runs minutes apart
-// at most. After the cycles, one more run per path and mix is recorded by
-// perf (-perf, on by default) for the director's own cost per packet: the
-// time of the samples with a function only the director runs on that path
-// on their call chain (perf.go), over the packets counted meanwhile. The time per packet minus
-// the straight path's is kept as a secondary view. It writes a markdown
-// section for BENCHMARKS.md. -paths and -mixes pick a subset for quick
-// iterations; the report then leaves out what needs a path or mix that did
-// not run.
+// counts and drops (newSink says why not XDP).
+//
+// The traffic mixes are one flow, ~59k flows, and a new tuple per packet
+// in two states of the director's tables: churn, from empty tables
+// (conntrack flushed, raftlb with a table a run cannot fill), and flood,
+// the steady state of a sustained flood, counted after a warm-up
+// (-flood-warmup) long enough to fill tables of the default size. In that
+// state conntrack, at nf_conntrack_max, evicts an unreplied entry
+// (early_drop) for each new one, and raftlb, its table full, forwards each
+// new flow to the realserver Maglev picks without recording it (counted as
+// conn_table_full). The report shows how full each table was at the start
+// and the end of every counted window (tables.go), and says so when a
+// flood run began before its table was full.
+//
+// Every path runs once per cycle, in a random order, so ratios are taken
+// between runs minutes apart at most. After the cycles, one more run per
+// path and mix is recorded by perf (-perf, on by default) for the
+// director's own cost per packet: the time of the samples with a function
+// only the director runs on that path on their call chain (perf.go), over
+// the packets counted meanwhile. The time per packet minus the straight
+// path's is kept as a secondary view. It writes a markdown section for
+// BENCHMARKS.md. -paths and -mixes pick a subset for quick iterations; the
+// report then leaves out what needs a path or mix that did not run.
 //
 // Test tooling, run as root by `make bench`: it execs ip(8), nft(8),
 // conntrack(8), trafgen(8) and perf(1), and uses only 192.0.2.0/24,

@@ -26,15 +26,18 @@ import (
 )
 
 type options struct {
-	cycles    int
-	warmup    time.Duration // from trafgen's start to the first count
-	window    time.Duration // counted time
-	maxPkts   int           // trafgen's own bound
-	conns     int           // raftlb connection-table capacity, new tuple per packet
-	flowConns int           // and for the other mixes (0: the default)
-	out       string
-	paths     string // comma-separated path names; empty for all
-	mixes     string // comma-separated mix names; empty for all
+	cycles int
+	warmup time.Duration // from trafgen's start to the first count
+	// floodWarmup replaces warmup for the flood mix on the paths with a
+	// state table: the time the table takes to fill.
+	floodWarmup time.Duration
+	window      time.Duration // counted time
+	maxPkts     int           // trafgen's own bound, for a run of warmup+window
+	conns       int           // raftlb connection-table capacity, new tuple per packet from empty tables
+	flowConns   int           // and for the other mixes (0: the default)
+	out         string
+	paths       string // comma-separated path names; empty for all
+	mixes       string // comma-separated mix names; empty for all
 	// perf: after the cycles, profile every path but direct with every
 	// mix (perfRuns rounds) for the director's own cost.
 	perf     bool
@@ -46,10 +49,11 @@ func main() {
 	var o options
 	flag.IntVar(&o.cycles, "cycles", 10, "cycles; each runs every path and flow mix once, in random order")
 	flag.DurationVar(&o.warmup, "warmup", 400*time.Millisecond, "time from the generator's start to the first count")
+	flag.DurationVar(&o.floodWarmup, "flood-warmup", 3*time.Second, "warm-up of the flood mix on the paths with a state table, long enough to fill it")
 	flag.DurationVar(&o.window, "window", 1500*time.Millisecond, "counted time per run")
-	flag.IntVar(&o.maxPkts, "max-packets", 3_000_000, "packet limit of each generator run")
-	flag.IntVar(&o.conns, "conns", 1<<21, "raftlb connection-table capacity with a new tuple per packet (it fills the default at line rate)")
-	flag.IntVar(&o.flowConns, "flow-conns", 0, "raftlb connection-table capacity for the other mixes; 0 is the dataplane's default")
+	flag.IntVar(&o.maxPkts, "max-packets", 3_000_000, "packet limit of a generator run with the default warm-up (a longer one gets proportionally more)")
+	flag.IntVar(&o.conns, "conns", 1<<21, "raftlb connection-table capacity for the churn mix, a new tuple per packet from empty tables (it fills the default at line rate)")
+	flag.IntVar(&o.flowConns, "flow-conns", 0, "raftlb connection-table capacity for the other mixes, flood included; 0 is the dataplane's default")
 	flag.StringVar(&o.out, "o", "bin/bench-pps.md", "markdown section to write")
 	flag.BoolVar(&o.perf, "perf", true, "after the cycles, profile each path and mix with perf record for the director's own ns/packet")
 	flag.IntVar(&o.perfRuns, "perf-runs", 1, "profiled runs per path and mix")
@@ -69,8 +73,8 @@ func main() {
 // A path is what the director runs during a measurement.
 type path struct {
 	name string
-	// setup installs the path in the lab and returns its teardown.
-	setup func(b *bench) (func() error, error)
+	// setup installs the path in the lab.
+	setup func(b *bench) (director, error)
 	// direct: the client sends to realserver 0 itself, no director.
 	direct bool
 	// own lists the functions that run only at the director on this
@@ -79,21 +83,54 @@ type path struct {
 	own []string
 }
 
-// A mix is the traffic: trafgen's packet description.
+// A director is a path installed in the lab.
+type director struct {
+	teardown func() error
+	// table reads the director's state table; nil on a path without one.
+	table func() (tableSnap, error)
+}
+
+// A mix is the traffic: trafgen's packet description, and what it does
+// to the director's state tables.
 type mix struct {
 	name, desc string
 	udp        string // trafgen's udp() and the ipv4 source
+	tables     tableUse
 }
 
+// tableUse is what a mix does to the director's state tables.
+type tableUse int
+
+const (
+	// fixedFlows: the warm-up records the mix's flows, then every packet
+	// finds its entry.
+	fixedFlows tableUse = iota
+	// filling: a new entry per packet into empty tables (raftlb's with
+	// -conns capacity, which a run cannot fill).
+	filling
+	// full: a new tuple per packet after -flood-warmup, into tables of
+	// the default size, full by then: conntrack evicts an entry for each
+	// new one, raftlb forwards new flows without recording them.
+	full
+)
+
+// newTuples is a random source address and port per packet, one of
+// newTupleCount.
+const (
+	newTuples     = "saddr=192.0.2.0, sa[3]=drnd()), udp(sp=drnd(1024, 65535), dp=9000"
+	newTupleCount = 256 * (65535 - 1024 + 1)
+)
+
 var allMixes = []mix{
-	{"1flow", "one flow", "saddr=" + clientAddr + "), udp(sp=40000, dp=9000"},
-	{"59k", "~59k flows", "saddr=" + clientAddr + "), udp(sp=dinc(1024, 60000), dp=9000"},
-	{"churn", "a new tuple per packet", "saddr=192.0.2.0, sa[3]=drnd()), udp(sp=drnd(1024, 65535), dp=9000"},
+	{"1flow", "one flow", "saddr=" + clientAddr + "), udp(sp=40000, dp=9000", fixedFlows},
+	{"59k", "~59k flows", "saddr=" + clientAddr + "), udp(sp=dinc(1024, 60000), dp=9000", fixedFlows},
+	{"churn", "a new tuple per packet, tables filling", newTuples, filling},
+	{"flood", "a new tuple per packet, tables full", newTuples, full},
 }
 
 // allPaths lists every path in report order.
 var allPaths = []path{
-	{name: "direct", direct: true, setup: func(*bench) (func() error, error) { return func() error { return nil }, nil }},
+	{name: "direct", direct: true, setup: func(*bench) (director, error) { return director{teardown: func() error { return nil }}, nil }},
 	{name: "bounce", setup: (*bench).setupBounce, own: xdpOwn},
 	{name: "raftlb-dr", setup: raftlb(dataplane.DR), own: xdpOwn},
 	{name: "raftlb-tun", setup: raftlb(dataplane.TUN), own: xdpOwn},
@@ -197,7 +234,7 @@ func runBench(ctx context.Context, o options) error {
 			}
 		}
 	}
-	res := make(results)
+	res, tabs := make(results), make(fills)
 	start := time.Now()
 	for c := range o.cycles {
 		type trial struct {
@@ -220,6 +257,9 @@ func runBench(ctx context.Context, o options) error {
 				return fmt.Errorf("run %s %s: %w", t.p.name, t.m.name, err)
 			}
 			res.add(t.p.name, t.m.name, c, w.pps())
+			if w.table != nil {
+				tabs.add(t.p.name, t.m.name, *w.table)
+			}
 		}
 		fmt.Fprintf(os.Stderr, "pps: cycle %d/%d done after %s\n", c+1, o.cycles, time.Since(start).Round(time.Second))
 	}
@@ -229,7 +269,7 @@ func runBench(ctx context.Context, o options) error {
 			return err
 		}
 	}
-	return b.writeReport(res, prof, time.Since(start))
+	return b.writeReport(res, tabs, prof, time.Since(start))
 }
 
 func (b *bench) close() {
@@ -300,10 +340,10 @@ func (b *bench) cfgPath(m mix, direct bool) string {
 	return filepath.Join(b.dir, m.name+".trafgen")
 }
 
-func (b *bench) setupBounce() (func() error, error) {
+func (b *bench) setupBounce() (director, error) {
 	p, err := newBounce(realFrontMAC(0), dirFrontMAC)
 	if err != nil {
-		return nil, err
+		return director{}, err
 	}
 	var l link.Link
 	err = b.lab.do("d", func() error {
@@ -312,28 +352,29 @@ func (b *bench) setupBounce() (func() error, error) {
 	})
 	if err != nil {
 		p.Close()
-		return nil, err
+		return director{}, err
 	}
-	return func() error {
+	return director{teardown: func() error {
 		err := l.Close()
 		p.Close()
 		return err
-	}, nil
+	}}, nil
 }
 
 // connTableSize is the capacity for the current mix: a new tuple per
-// packet gets a table it cannot fill in a run; the other mixes run with
-// the director's default, as a director would (a table many times bigger
-// than its flows costs TLB and cache misses on every packet).
+// packet from empty tables gets a table it cannot fill in a run; the
+// other mixes run with the director's default, as a director would (a
+// table many times bigger than its flows costs TLB and cache misses on
+// every packet), and so does the flood, which is to fill it.
 func (b *bench) connTableSize() int {
-	if b.mix.name == "churn" {
+	if b.mix.tables == filling {
 		return b.o.conns
 	}
 	return b.o.flowConns
 }
 
-func raftlb(m dataplane.Method) func(*bench) (func() error, error) {
-	return func(b *bench) (func() error, error) {
+func raftlb(m dataplane.Method) func(*bench) (director, error) {
+	return func(b *bench) (director, error) {
 		var d *dataplane.Dataplane
 		err := b.lab.do("d", func() error {
 			var err error
@@ -348,7 +389,7 @@ func raftlb(m dataplane.Method) func(*bench) (func() error, error) {
 			return err
 		})
 		if err != nil {
-			return nil, fmt.Errorf("open dataplane: %w", err)
+			return director{}, fmt.Errorf("open dataplane: %w", err)
 		}
 		vip := netip.MustParseAddr(vipAddr)
 		svc := dataplane.Service{
@@ -378,24 +419,24 @@ func raftlb(m dataplane.Method) func(*bench) (func() error, error) {
 		go func() { done <- d.Run(ctx, func([]dataplane.Event) {}) }()
 		if err := d.Apply(dataplane.State{Services: []dataplane.Service{svc}}); err != nil {
 			teardown()
-			return nil, fmt.Errorf("apply: %w", err)
+			return director{}, fmt.Errorf("apply: %w", err)
 		}
 		if err := d.SetLease(vip, time.Now().Add(time.Hour)); err != nil {
 			teardown()
-			return nil, fmt.Errorf("set lease: %w", err)
+			return director{}, fmt.Errorf("set lease: %w", err)
 		}
 		if size := b.connTableSize(); b.memory[size] == "" {
 			if b.memory[size], err = connMemory(d); err != nil {
 				teardown()
-				return nil, err
+				return director{}, err
 			}
 		}
-		return teardown, nil
+		return director{teardown: teardown, table: func() (tableSnap, error) { return connTable(d) }}, nil
 	}
 }
 
-func nft(pick string) func(*bench) (func() error, error) {
-	return func(b *bench) (func() error, error) {
+func nft(pick string) func(*bench) (director, error) {
+	return func(b *bench) (director, error) {
 		var targets []string
 		for i := range nReals {
 			targets = append(targets, fmt.Sprintf("%d : %s", i, realInside(i)))
@@ -409,12 +450,15 @@ func nft(pick string) func(*bench) (func() error, error) {
 `, vipAddr, vipPort, pick, strings.Join(targets, ", "))
 		f := filepath.Join(b.dir, "lb.nft")
 		if err := os.WriteFile(f, []byte(rules), 0o644); err != nil {
-			return nil, fmt.Errorf("write ruleset: %w", err)
+			return director{}, fmt.Errorf("write ruleset: %w", err)
 		}
 		if err := b.lab.exec("d", "nft", "-f", f); err != nil {
-			return nil, err
+			return director{}, err
 		}
-		return func() error { return b.lab.exec("d", "nft", "delete", "table", "ip", "rlbpb") }, nil
+		return director{
+			teardown: func() error { return b.lab.exec("d", "nft", "delete", "table", "ip", "rlbpb") },
+			table:    func() (tableSnap, error) { return b.lab.conntrackTable("d") },
+		}, nil
 	}
 }
 
@@ -422,6 +466,7 @@ func nft(pick string) func(*bench) (func() error, error) {
 type window struct {
 	packets uint64 // received by the realservers
 	dur     time.Duration
+	table   *tableFill // the director's state table, read with a new tuple per packet
 }
 
 func (w window) pps() float64 { return float64(w.packets) / w.dur.Seconds() }
@@ -435,28 +480,35 @@ func (b *bench) trial(ctx context.Context, p path, m mix, perfData string) (wind
 		return window{}, fmt.Errorf("flush conntrack: %w", err)
 	}
 	b.mix = m
-	teardown, err := p.setup(b)
+	d, err := p.setup(b)
 	if err != nil {
 		return window{}, err
+	}
+	warmup, table := b.o.warmup, d.table
+	if m.tables == full && d.table != nil {
+		warmup = b.o.floodWarmup
+	}
+	if m.tables == fixedFlows {
+		table = nil
 	}
 	var rec *recorder
 	if perfData != "" {
 		// Started after the setup, so perf knows the path's BPF programs.
-		rec, err = startRecorder(ctx, perfData, b.o.warmup+b.o.window)
+		rec, err = startRecorder(ctx, perfData, warmup+b.o.window)
 		if err != nil {
 			err = fmt.Errorf("start perf: %w", err)
 		}
 	}
 	var w window
 	if err == nil {
-		w, err = b.measure(ctx, b.cfgPath(m, p.direct), rec)
+		w, err = b.measure(ctx, b.cfgPath(m, p.direct), warmup, rec, table)
 		if rec != nil {
 			if ferr := rec.finish(); err == nil {
 				err = ferr
 			}
 		}
 	}
-	if terr := teardown(); err == nil {
+	if terr := d.teardown(); err == nil {
 		err = terr
 	}
 	return w, err
@@ -464,17 +516,20 @@ func (b *bench) trial(ctx context.Context, p path, m mix, perfData string) (wind
 
 // measure runs the generator with cfg and counts, after the warm-up, for
 // the window. rec, if any, records from just before the first count to
-// just after the last.
-func (b *bench) measure(ctx context.Context, cfg string, rec *recorder) (window, error) {
-	limit := b.o.warmup + b.o.window + 5*time.Second
+// just after the last. table, if any, is read just before the recording
+// and the first count, and just after the last count and the recording.
+func (b *bench) measure(ctx context.Context, cfg string, warmup time.Duration, rec *recorder, table func() (tableSnap, error)) (window, error) {
+	limit := warmup + b.o.window + 5*time.Second
 	if rec != nil {
 		limit += 20 * time.Second // perf's acks
 	}
 	tctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
-	// One generator on one CPU; it stops by itself at the packet limit,
-	// at the deadline, or when told to.
-	cmd := exec.CommandContext(tctx, "trafgen", "-o", "eth0", "-c", cfg, "-P", "1", "-n", fmt.Sprint(b.o.maxPkts))
+	// One generator on one CPU; it stops by itself at the packet limit
+	// (-max-packets, raised in proportion for a longer warm-up), at the
+	// deadline, or when told to.
+	maxPkts := max(b.o.maxPkts, int(int64(b.o.maxPkts)*int64(warmup+b.o.window)/int64(b.o.warmup+b.o.window)))
+	cmd := exec.CommandContext(tctx, "trafgen", "-o", "eth0", "-c", cfg, "-P", "1", "-n", fmt.Sprint(maxPkts))
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	var out strings.Builder
@@ -497,12 +552,20 @@ func (b *bench) measure(ctx context.Context, cfg string, rec *recorder) (window,
 	}
 	defer stop()
 	select {
-	case <-time.After(b.o.warmup):
+	case <-time.After(warmup):
 	case err := <-waited:
 		waited <- err
 		return window{}, fmt.Errorf("trafgen ended early: %s: %s", errString(err), out.String())
 	case <-tctx.Done():
 		return window{}, fmt.Errorf("warm up: %w", tctx.Err())
+	}
+	var tf *tableFill
+	if table != nil {
+		tf = new(tableFill)
+		var err error
+		if tf.start, err = table(); err != nil {
+			return window{}, err
+		}
 	}
 	if rec != nil {
 		if err := rec.enable(); err != nil {
@@ -532,7 +595,13 @@ func (b *bench) measure(ctx context.Context, cfg string, rec *recorder) (window,
 	if c1 <= c0 {
 		return window{}, fmt.Errorf("no packets reached the realservers: %s", out.String())
 	}
-	return window{c1 - c0, t1.Sub(t0)}, nil
+	if tf != nil {
+		if tf.end, err = table(); err != nil {
+			return window{}, err
+		}
+		tf.packets = c1 - c0
+	}
+	return window{c1 - c0, t1.Sub(t0), tf}, nil
 }
 
 func errString(err error) string {

@@ -94,7 +94,7 @@ func (b *bench) perfOwn(prof profiles, name, mix string) []float64 {
 	return v
 }
 
-func (b *bench) writeReport(r results, prof profiles, took time.Duration) error {
+func (b *bench) writeReport(r results, tabs fills, prof profiles, took time.Duration) error {
 	var w strings.Builder
 	p := func(format string, args ...any) { fmt.Fprintf(&w, format, args...) }
 	p("## Packets per second through a director (netns lab)\n\n")
@@ -104,9 +104,12 @@ func (b *bench) writeReport(r results, prof profiles, took time.Duration) error 
 	p("headroom: trafgen's frames have 16, so an XDP sink charged `direct` and `nft-*` a copy the director never made, and\n")
 	p("charged `raftlb-tun` a second one (the director's encapsulation leaves 252). The director's own generic XDP copy\n")
 	p("(once per packet on every XDP path, none on `nft-*`) is part of its cost in this lab.\n")
-	p("%d cycles; each cycle runs every path × traffic mix once in random order (%s counted per run after %s warm-up);\n",
+	p("%d cycles; each cycle runs every path × traffic mix once in random order (%s counted per run after %s warm-up",
 		b.o.cycles, b.o.window, b.o.warmup)
-	p("ratios are paired within a cycle. Medians, with [25th–75th percentile] and (min–max) across cycles. Total %s", took.Round(time.Second))
+	if b.ranFull() {
+		p(";\n%s for `flood` on the paths with a state table, `raftlb-*` and `nft-*`, so that it is full when the count starts", b.o.floodWarmup)
+	}
+	p(");\nratios are paired within a cycle. Medians, with [25th–75th percentile] and (min–max) across cycles. Total %s", took.Round(time.Second))
 	if prof != nil {
 		p(" with the profiled runs")
 	}
@@ -128,6 +131,7 @@ func (b *bench) writeReport(r results, prof profiles, took time.Duration) error 
 		p("packet (generator, bridge, veth pair, sink), which every path pays and which compresses end-to-end ratios")
 	}
 	p(".\n\n")
+	b.writeMixes(p)
 	p("The director's own cost comes from perf (`perf record -e cpu-clock -F %d -a -g`, on for exactly the counted\n", perfFreq)
 	p("window of one extra run per path and mix after the cycles): the inclusive time of the functions that run only at the\n")
 	p("director on that path, over the packets the realservers counted meanwhile. It leaves out what every path pays (the\n")
@@ -152,6 +156,7 @@ func (b *bench) writeReport(r results, prof profiles, took time.Duration) error 
 		}
 		p("\n")
 	}
+	b.writeTables(p, tabs)
 	if prof != nil {
 		b.writePerf(p, header, r, prof)
 	}
@@ -222,12 +227,14 @@ func (b *bench) writeReport(r results, prof profiles, took time.Duration) error 
 		cr("own cost (perf) raftlb-nat / nft-jhash, ~59k flows", 0.5, "raftlb-nat", "nft-jhash", "59k"),
 		cr("own cost (perf) raftlb-nat / nft-numgen, ~59k flows", 0.5, "raftlb-nat", "nft-numgen", "59k"),
 		cr("own cost (perf) raftlb-dr / nft-jhash, ~59k flows", 0.5, "raftlb-dr", "nft-jhash", "59k"),
-		pr("raftlb-nat / nft-jhash, new tuple per packet", 2, "raftlb-nat", "nft-jhash", "churn"),
-		pr("raftlb-nat / nft-numgen, new tuple per packet", 2, "raftlb-nat", "nft-numgen", "churn"),
-		pr("raftlb-dr / nft-numgen, new tuple per packet", 2, "raftlb-dr", "nft-numgen", "churn"),
+	}
+	for _, pair := range [][2]string{{"raftlb-nat", "nft-jhash"}, {"raftlb-nat", "nft-numgen"}, {"raftlb-dr", "nft-numgen"}} {
+		for _, m := range newTupleMixes {
+			rows = append(rows, pr(fmt.Sprintf("%s / %s, new tuple per packet, %s", pair[0], pair[1], m.label), 2, pair[0], pair[1], m.name))
+		}
 	}
 	var targets []target
-	skippedPerf := false
+	skippedPerf, ownTargets := false, false
 	for _, rw := range rows {
 		if !b.ranMix(rw.mix) || slices.ContainsFunc(rw.paths, func(s string) bool { return !b.ran(s) }) {
 			continue
@@ -236,6 +243,7 @@ func (b *bench) writeReport(r results, prof profiles, took time.Duration) error 
 			skippedPerf = true
 			continue
 		}
+		ownTargets = ownTargets || rw.perf
 		targets = append(targets, rw.t)
 	}
 	if len(targets) > 0 {
@@ -251,9 +259,14 @@ func (b *bench) writeReport(r results, prof profiles, took time.Duration) error 
 		// What no director can beat: the bare bounce does no work at all.
 		var ceil []string
 		for _, nft := range []string{"nft-jhash", "nft-numgen"} {
-			if b.ran("bounce") && b.ran(nft) && b.ranMix("churn") {
-				ceil = append(ceil, fmt.Sprintf("bounce / %s with a new tuple per packet is %.2f", nft,
-					summarize(r.paired("bounce", nft, "churn", ratio)).med))
+			var v []string
+			for _, m := range newTupleMixes {
+				if b.ran("bounce") && b.ran(nft) && b.ranMix(m.name) {
+					v = append(v, fmt.Sprintf("%.2f (%s)", summarize(r.paired("bounce", nft, m.name, ratio)).med, m.label))
+				}
+			}
+			if len(v) > 0 {
+				ceil = append(ceil, fmt.Sprintf("bounce / %s with a new tuple per packet is %s", nft, strings.Join(v, " and ")))
 			}
 			if prof != nil && b.ran("bounce") && b.ran(nft) && b.ranMix("59k") {
 				ceil = append(ceil, fmt.Sprintf("the bounce's own cost / %s's at ~59k flows is %.2f", nft,
@@ -261,10 +274,10 @@ func (b *bench) writeReport(r results, prof profiles, took time.Duration) error 
 			}
 		}
 		if len(ceil) > 0 {
-			p("\nCeilings from the same run, for reading the goals: %s. A goal beyond what the bounce reaches cannot be met\n", strings.Join(ceil, "; "))
-			p("on this topology by any director.\n")
+			p("\n%s\n", wrap("Ceilings from the same run, for reading the goals: "+strings.Join(ceil, "; ")+
+				". A goal beyond what the bounce reaches cannot be met on this topology by any director.", 118))
 		}
-		if prof != nil && b.o.perfRuns == 1 {
+		if ownTargets && b.o.perfRuns == 1 {
 			p("\nOwn-cost targets come from one profiled run per path and mix, so their IQR is a single value; on this kind of\n")
 			p("machine one path's own cost moves by 10–30%% between runs, so read values near the goal as undecided (`-perf-runs`\n")
 			p("gives a spread).\n")
@@ -281,8 +294,8 @@ func (b *bench) writeReport(r results, prof profiles, took time.Duration) error 
 		}
 		p("\nBoth tables are preallocated arrays of two-choice, eight-way buckets mapped into the director process, each\n")
 		p("with a third more slots than its capacity (`Config.ConnTableSize`, default 262144); a NAT connection also holds a\n")
-		p("reverse entry. The one-flow and ~59k-flow runs use the default capacity, as a director would; a new tuple per\n")
-		p("packet gets %d so that it never fills in a run. A table much bigger than its flows costs TLB and cache misses\n", b.o.conns)
+		p("reverse entry. The one-flow, ~59k-flow and `flood` runs use the default capacity, as a director would; `churn`\n")
+		p("gets %d so that it never fills in a run. A table much bigger than its flows costs TLB and cache misses\n", b.o.conns)
 		p("on every packet: at ~59k flows the DR path's own cost was ~200 ns higher with the 2M-entry table than with the\n")
 		p("default when both were measured.\n")
 	}
@@ -400,4 +413,156 @@ func dirOf(p string) string {
 		return p[:i]
 	}
 	return "."
+}
+
+// newTupleMixes are the two states of the director's tables under a new
+// tuple per packet, as the targets name them.
+var newTupleMixes = []struct{ name, label string }{
+	{"churn", "tables filling"},
+	{"flood", "tables full, steady state"},
+}
+
+// ranFull reports whether the run included a mix into full tables.
+func (b *bench) ranFull() bool {
+	return slices.ContainsFunc(b.mixes, func(m mix) bool { return m.tables == full })
+}
+
+// writeMixes describes the traffic mixes that ran.
+func (b *bench) writeMixes(p func(string, ...any)) {
+	var ms []string
+	for _, m := range b.mixes {
+		switch m.name {
+		case "1flow":
+			ms = append(ms, "`1flow` one UDP flow")
+		case "59k":
+			ms = append(ms, "`59k` ~59k flows (source ports 1024–60000 in turn)")
+		case "churn":
+			ms = append(ms, fmt.Sprintf("`churn`, tables filling: every run starts with empty tables (conntrack flushed, a new "+
+				"raftlb table of %d connections, which a run cannot fill), so the count covers the first seconds of a flood, "+
+				"while entries are still being added", b.o.conns))
+		case "flood":
+			ms = append(ms, fmt.Sprintf("`flood`, tables full, steady state: a new tuple per packet too, counted after a %s "+
+				"warm-up into tables of the default size, so what a director under a sustained flood of new tuples sees. "+
+				"Conntrack is at nf_conntrack_max and makes room for each new entry by evicting an unreplied one (early_drop); "+
+				"raftlb's table has no free slot, so by design it forwards each new flow to the realserver Maglev picks without "+
+				"recording it, and counts it as `conn_table_full` (such a flow keeps its realserver while the realservers stay "+
+				"the same, as Maglev gives it the same answer every time, but it is not announced to the other directors and "+
+				"does not count in lc/wlc)", b.o.floodWarmup))
+		}
+	}
+	text := fmt.Sprintf("Mixes, from one trafgen: %s.", strings.Join(ms, "; "))
+	if b.ranMix("churn") || b.ranMix("flood") {
+		text += fmt.Sprintf(" A new tuple per packet is a random source address in 192.0.2.0/24 and a random source port, one of %d.", newTupleCount)
+	}
+	p("%s\n\n", wrap(text, 118))
+}
+
+// wrap breaks text into lines of at most width bytes, between words.
+func wrap(text string, width int) string {
+	var w strings.Builder
+	n := 0
+	for _, word := range strings.Fields(text) {
+		switch {
+		case n == 0:
+		case n+1+len(word) > width:
+			w.WriteByte('\n')
+			n = 0
+		default:
+			w.WriteByte(' ')
+			n++
+		}
+		w.WriteString(word)
+		n += len(word)
+	}
+	return w.String()
+}
+
+// writeTables shows how full the director's state tables were in the
+// counted windows with a new tuple per packet.
+func (b *bench) writeTables(p func(string, ...any), tabs fills) {
+	type row struct {
+		path string
+		m    mix
+		fs   []tableFill
+	}
+	var rows []row
+	for _, m := range b.mixes {
+		for _, pt := range b.paths {
+			if fs := tabs[pt.name][m.name]; len(fs) > 0 {
+				rows = append(rows, row{pt.name, m, fs})
+			}
+		}
+	}
+	if len(rows) == 0 {
+		return
+	}
+	p("\n### State tables with a new tuple per packet\n\n")
+	p("Read at the start and the end of every counted window (medians over the cycles). New entries, evicted and table full\n")
+	p("are per counted packet: evicted is an unreplied conntrack entry removed to make room for a new one (early_drop); table\n")
+	p("full is, for raftlb, `conn_table_full` (and `conn_table_busy`), a new flow forwarded without being recorded, and for\n")
+	p("conntrack a packet dropped because nothing could be evicted. Full means at least 99%% of the table's limit in use at the\n")
+	p("window's start, growing by less than 1%% of it during the window.\n\n")
+	p("| path | mix | table, limit | entries at window start | at window end | new entries | evicted | table full | full at window start |\n")
+	p("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |\n")
+	var notFull, twice []string
+	for _, rw := range rows {
+		med := func(f func(tableFill) float64) float64 {
+			var v []float64
+			for _, tf := range rw.fs {
+				v = append(v, f(tf))
+			}
+			return summarize(v).med
+		}
+		first := rw.fs[0].start
+		raftlb, limit := first.slots > 0, float64(first.limit())
+		table := fmt.Sprintf("conntrack, nf_conntrack_max %d", first.capacity)
+		if raftlb {
+			table = fmt.Sprintf("raftlb, %d slots (capacity %d)", first.slots, first.capacity)
+		}
+		start := med(func(tf tableFill) float64 { return float64(tf.start.entries) })
+		end := med(func(tf tableFill) float64 { return float64(tf.end.entries) })
+		created := med(tableFill.created)
+		evicted, refused := "–", fmt.Sprintf("%.2f", med(func(tf tableFill) float64 {
+			return tf.share(func(s tableSnap) uint64 { return s.refused })
+		}))
+		if raftlb && rw.m.tables == full && med(func(tf tableFill) float64 { return tf.share(func(s tableSnap) uint64 { return s.refused }) }) > 1.5 {
+			twice = append(twice, "`"+rw.path+"`")
+		}
+		if !raftlb {
+			evicted = fmt.Sprintf("%.2f", med(func(tf tableFill) float64 { return tf.share(func(s tableSnap) uint64 { return s.evicted }) }))
+			refused = fmt.Sprintf("%.2f", med(func(tf tableFill) float64 { return tf.share(func(s tableSnap) uint64 { return s.dropped }) }))
+		}
+		n := 0
+		for _, tf := range rw.fs {
+			if tf.full() {
+				n++
+			}
+		}
+		fullAt := "yes"
+		switch {
+		case n == 0:
+			fullAt = "no"
+		case n < len(rw.fs):
+			fullAt = fmt.Sprintf("in %d of %d runs", n, len(rw.fs))
+		}
+		if rw.m.tables == full && n < len(rw.fs) {
+			fullAt = "**" + fullAt + "**"
+			notFull = append(notFull, rw.path)
+		}
+		p("| %s | %s | %s | %.0f (%.1f%%) | %.0f (%.1f%%) | %.2f | %s | %s | %s |\n", rw.path, rw.m.name, table,
+			start, 100*start/limit, end, 100*end/limit, created, evicted, refused, fullAt)
+	}
+	if len(notFull) > 0 {
+		p("\n**Not full at the start of every `flood` window**: %s. Those runs measured a table still filling in part;\n", strings.Join(notFull, ", "))
+		p("a longer `-flood-warmup` gives the steady state.\n")
+	}
+	p("\nraftlb's limit is its slots: a table of two-choice, eight-way buckets takes a third more entries than its nominal\n")
+	p("capacity, and refuses inserts only as its last slots go. With the table full, no counted packet adds an entry: each\n")
+	p("new flow is forwarded unrecorded. Table full falls short of 1 per counted packet by the few per cent of packets whose\n")
+	p("tuple is already in the table (it holds a few hundred thousand of the generator's %d), which go by their entry", newTupleCount)
+	if len(twice) > 0 {
+		p(";\non %s it is about 2, as each packet's flow is looked up and refused twice, by the XDP program and then by the TC\n", strings.Join(twice, ", "))
+		p("program that translates it")
+	}
+	p(".\n")
 }
