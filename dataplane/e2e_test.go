@@ -290,6 +290,18 @@ func TestE2E(t *testing.T) {
 			})
 		}
 	}
+	t.Run("nat uses the realserver xdp picked", func(t *testing.T) {
+		// Generic XDP keeps metadata, so TC should never have had to
+		// search the connection table again for these connections.
+		st, err := e.d.Stats()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Reasons[ReasonTCNATXDPPick] == 0 || st.Reasons[ReasonTCNATXDPPick] != st.Reasons[ReasonXDPPassNAT] {
+			t.Errorf("tc_nat_xdp_pick %d, xdp_pass_nat %d: want equal and non-zero",
+				st.Reasons[ReasonTCNATXDPPick], st.Reasons[ReasonXDPPassNAT])
+		}
+	})
 	t.Run("icmp echo", func(t *testing.T) {
 		e.lab.Exec("c", "ping", "-c", "1", "-W", "2", e2eDR.String())
 	})

@@ -230,6 +230,20 @@ truncated:
 	return XDP_DROP;
 }
 
+/* Put the realserver picked for a NAT packet in front of it, for TC. */
+static __always_inline void xdp_hand_pick(struct xdp_md *ctx, __u32 idx)
+{
+	struct xdp_meta *m;
+
+	if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(*m)))
+		return; /* the driver keeps no metadata */
+	m = (void *)(long)ctx->data_meta;
+	if ((void *)(m + 1) > (void *)(long)ctx->data)
+		return;
+	m->magic = XDP_META_MAGIC;
+	m->rs_idx = idx;
+}
+
 static __always_inline int drop_if_owned(__be32 daddr, __u32 r)
 {
 	struct owned o;
@@ -356,7 +370,9 @@ static __always_inline int xdp_main(struct xdp_md *ctx, __u32 role)
 		account(s->id, idx, f.len);
 		return xdp_tun(ctx, rs, c);
 	case METHOD_NAT:
-		/* TC translates; it finds the connection recorded above. */
+		/* TC translates, with this pick when the driver keeps
+		 * metadata; without, it finds the connection recorded above. */
+		xdp_hand_pick(ctx, idx);
 		count(R_XDP_PASS_NAT);
 		return XDP_PASS;
 	}
@@ -849,9 +865,36 @@ static __always_inline int tc_inside_icmp(struct __sk_buff *skb)
 	return bpf_redirect_neigh(c->front_ifindex, NULL, 0, 0);
 }
 
+/* The realserver XDP picked for this NAT packet, or NO_PICK. Read before
+ * anything changes the skb. */
+#define NO_PICK ((__u32)-1)
+static __always_inline __u32 tc_xdp_pick(struct __sk_buff *skb)
+{
+	struct xdp_meta *m = (void *)(long)skb->data_meta;
+
+	if ((void *)(m + 1) > (void *)(long)skb->data || m->magic != XDP_META_MAGIC)
+		return NO_PICK;
+	return m->rs_idx;
+}
+
+/* XDP's pick, if it still names one of s's NAT realservers (it was made
+ * a moment ago, through the same tables). */
+static __always_inline struct real *picked_real(struct svc *s, __u32 pick)
+{
+	struct real *rs;
+
+	if (pick == NO_PICK)
+		return NULL;
+	rs = bpf_map_lookup_elem(&reals, &pick);
+	if (!rs || !(rs->flags & RS_VALID) || rs->svc_id != s->id || rs->method != METHOD_NAT)
+		return NULL;
+	return rs;
+}
+
 SEC("tc")
 int tc_front(struct __sk_buff *skb)
 {
+	__u32 pick = tc_xdp_pick(skb);
 	struct tc_pkt p = {};
 	struct config *c;
 	struct real *rs;
@@ -888,7 +931,13 @@ int tc_front(struct __sk_buff *skb)
 		count(R_DROP_NO_LEASE);
 		return TC_ACT_SHOT;
 	}
-	rs = conn_select(s, &p.f, now, &idx, c);
+	rs = picked_real(s, pick);
+	if (rs) {
+		idx = pick;
+		count(R_TC_NAT_XDP_PICK);
+	} else {
+		rs = conn_select(s, &p.f, now, &idx, c);
+	}
 	if (!rs) {
 		count(R_DROP_NO_REAL);
 		return TC_ACT_SHOT;

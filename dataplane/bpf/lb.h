@@ -145,6 +145,7 @@ enum reason {
 	R_CONN_TABLE_BUSY, /* a home bucket's lock stayed taken */
 	R_TC_TX_FRAG_NEEDED, /* TUN packet too big: "fragmentation needed" sent back */
 	R_DROP_TOO_BIG,      /* TUN packet too big, and no answer may be sent */
+	R_TC_NAT_XDP_PICK,   /* NAT packet sent on with the realserver XDP picked */
 	R_REASON_MAX,
 };
 
@@ -212,6 +213,18 @@ struct real {
 	__u16 pad;
 	__u32 svc_id;
 	__u32 weight;
+};
+
+/*
+ * What XDP hands to TC in front of a NAT packet it passes (XDP metadata):
+ * the realserver it picked, so TC neither searches the connection table
+ * again nor, when the table is full, schedules the packet a second time.
+ * Only XDP can write metadata, so a packet from the wire cannot carry it.
+ */
+#define XDP_META_MAGIC 0x524c424e /* "RLBN" */
+struct xdp_meta {
+	__u32 magic;
+	__u32 rs_idx;
 };
 
 struct owned {
