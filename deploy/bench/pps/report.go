@@ -230,7 +230,11 @@ func (b *bench) writeReport(r results, tabs fills, prof profiles, took time.Dura
 	}
 	for _, pair := range [][2]string{{"raftlb-nat", "nft-jhash"}, {"raftlb-nat", "nft-numgen"}, {"raftlb-dr", "nft-numgen"}} {
 		for _, m := range newTupleMixes {
-			rows = append(rows, pr(fmt.Sprintf("%s / %s, new tuple per packet, %s", pair[0], pair[1], m.label), 2, pair[0], pair[1], m.name))
+			what := fmt.Sprintf("%s / %s, new tuple per packet, %s", pair[0], pair[1], m.label)
+			if pair[0] == "raftlb-nat" && m.name == "flood" {
+				what += " (new NAT flows cannot complete here: reverse-NAT table full)"
+			}
+			rows = append(rows, pr(what, 2, pair[0], pair[1], m.name))
 		}
 	}
 	var targets []target
@@ -443,16 +447,23 @@ func (b *bench) writeMixes(p func(string, ...any)) {
 		case "flood":
 			ms = append(ms, fmt.Sprintf("`flood`, tables full, steady state: a new tuple per packet too, counted after a %s "+
 				"warm-up into tables of the default size, so what a director under a sustained flood of new tuples sees. "+
-				"Conntrack is at nf_conntrack_max and makes room for each new entry by evicting an unreplied one (early_drop); "+
-				"raftlb's table has no free slot, so by design it forwards each new flow to the realserver Maglev picks without "+
-				"recording it, and counts it as `conn_table_full` (such a flow keeps its realserver while the realservers stay "+
-				"the same, as Maglev gives it the same answer every time, but it is not announced to the other directors and "+
-				"does not count in lc/wlc)", b.o.floodWarmup))
+				"Conntrack is at nf_conntrack_max and makes room for each new entry by evicting an unreplied one (early_drop), "+
+				"so it keeps admitting new flows. raftlb's table has no free slot, so by design it forwards each new flow to the "+
+				"realserver Maglev picks without recording it, and counts it as `conn_table_full`. On `raftlb-dr` and "+
+				"`raftlb-tun` that is all: such a flow keeps its realserver while the realservers stay the same, as Maglev gives "+
+				"it the same answer every time, but it is not announced to the other directors and does not count in lc/wlc. "+
+				"On `raftlb-nat` the reverse-NAT table, as big as the connection table and written for every new flow, recorded "+
+				"or not, is full as well, so each new flow's reverse entry fails too (`rnat_table_full`) and its replies cannot "+
+				"be translated back to the VIP: in this state a new NAT flow cannot complete. `raftlb-nat`'s `flood` figure is "+
+				"therefore the rate at which it forwards the first packets of flows it can no longer serve, while conntrack "+
+				"keeps admitting new flows: no like-for-like comparison with the nft paths", b.o.floodWarmup))
 		}
 	}
 	text := fmt.Sprintf("Mixes, from one trafgen: %s.", strings.Join(ms, "; "))
 	if b.ranMix("churn") || b.ranMix("flood") {
-		text += fmt.Sprintf(" A new tuple per packet is a random source address in 192.0.2.0/24 and a random source port, one of %d.", newTupleCount)
+		text += fmt.Sprintf(" A new tuple per packet is a random source address from 192.0.2.%d to 192.0.2.%d (no lab address "+
+			"or broadcast among them: the director's stack would drop its own as a martian, which the XDP paths never check) "+
+			"and a random source port from %d to %d, one of %d tuples.", srcFirst, srcLast, portFirst, portLast, newTupleCount)
 	}
 	p("%s\n\n", wrap(text, 118))
 }
@@ -497,14 +508,16 @@ func (b *bench) writeTables(p func(string, ...any), tabs fills) {
 		return
 	}
 	p("\n### State tables with a new tuple per packet\n\n")
-	p("Read at the start and the end of every counted window (medians over the cycles). New entries, evicted and table full\n")
-	p("are per counted packet: evicted is an unreplied conntrack entry removed to make room for a new one (early_drop); table\n")
-	p("full is, for raftlb, `conn_table_full` (and `conn_table_busy`), a new flow forwarded without being recorded, and for\n")
-	p("conntrack a packet dropped because nothing could be evicted. Full means at least 99%% of the table's limit in use at the\n")
-	p("window's start, growing by less than 1%% of it during the window.\n\n")
-	p("| path | mix | table, limit | entries at window start | at window end | new entries | evicted | table full | full at window start |\n")
-	p("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |\n")
-	var notFull, twice []string
+	p("Read at the start and the end of every counted window (medians over the cycles), with the packets the realservers\n")
+	p("counted between the two reads. New entries, evicted, table full and reverse-NAT full are per counted packet: evicted\n")
+	p("is an unreplied conntrack entry removed to make room for a new one (early_drop); table full is, for raftlb,\n")
+	p("`conn_table_full` (and `conn_table_busy`), a new flow forwarded without being recorded, and for conntrack a packet\n")
+	p("dropped because nothing could be evicted; reverse-NAT full is `rnat_table_full` on `raftlb-nat`, a new flow whose\n")
+	p("replies cannot be translated back to the VIP. Full at window start means at least 99%% of the table's limit in use\n")
+	p("at the window's start, growing by less than 1%% of it during the window; at limit, at least 99%% in use at its end.\n\n")
+	p("| path | mix | table, limit | entries at window start | at window end | new entries | evicted | table full | reverse-NAT full | full at window start | at limit at window end |\n")
+	p("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |\n")
+	var notFull, atLimit, twice, natFlood []string
 	for _, rw := range rows {
 		med := func(f func(tableFill) float64) float64 {
 			var v []float64
@@ -512,6 +525,9 @@ func (b *bench) writeTables(p func(string, ...any), tabs fills) {
 				v = append(v, f(tf))
 			}
 			return summarize(v).med
+		}
+		share := func(n func(tableSnap) uint64) float64 {
+			return med(func(tf tableFill) float64 { return tf.share(n) })
 		}
 		first := rw.fs[0].start
 		raftlb, limit := first.slots > 0, float64(first.limit())
@@ -522,39 +538,48 @@ func (b *bench) writeTables(p func(string, ...any), tabs fills) {
 		start := med(func(tf tableFill) float64 { return float64(tf.start.entries) })
 		end := med(func(tf tableFill) float64 { return float64(tf.end.entries) })
 		created := med(tableFill.created)
-		evicted, refused := "–", fmt.Sprintf("%.2f", med(func(tf tableFill) float64 {
-			return tf.share(func(s tableSnap) uint64 { return s.refused })
-		}))
-		if raftlb && rw.m.tables == full && med(func(tf tableFill) float64 { return tf.share(func(s tableSnap) uint64 { return s.refused }) }) > 1.5 {
+		evicted, refused, rnat := "–", fmt.Sprintf("%.2f", share(func(s tableSnap) uint64 { return s.refused })), "–"
+		if raftlb && rw.m.tables == full && share(func(s tableSnap) uint64 { return s.refused }) > 1.5 {
 			twice = append(twice, "`"+rw.path+"`")
 		}
-		if !raftlb {
-			evicted = fmt.Sprintf("%.2f", med(func(tf tableFill) float64 { return tf.share(func(s tableSnap) uint64 { return s.evicted }) }))
-			refused = fmt.Sprintf("%.2f", med(func(tf tableFill) float64 { return tf.share(func(s tableSnap) uint64 { return s.dropped }) }))
-		}
-		n := 0
-		for _, tf := range rw.fs {
-			if tf.full() {
-				n++
+		if first.nat {
+			r := share(func(s tableSnap) uint64 { return s.rnatRefused })
+			rnat = fmt.Sprintf("%.2f", r)
+			if rw.m.tables == full {
+				natFlood = append(natFlood, fmt.Sprintf("`%s` %.2f", rw.path, r))
 			}
 		}
-		fullAt := "yes"
-		switch {
-		case n == 0:
-			fullAt = "no"
-		case n < len(rw.fs):
-			fullAt = fmt.Sprintf("in %d of %d runs", n, len(rw.fs))
+		if !raftlb {
+			evicted = fmt.Sprintf("%.2f", share(func(s tableSnap) uint64 { return s.evicted }))
+			refused = fmt.Sprintf("%.2f", share(func(s tableSnap) uint64 { return s.dropped }))
 		}
-		if rw.m.tables == full && n < len(rw.fs) {
+		fullAt, nFull := inRuns(rw.fs, tableFill.full)
+		if rw.m.tables == full && nFull < len(rw.fs) {
 			fullAt = "**" + fullAt + "**"
 			notFull = append(notFull, rw.path)
 		}
-		p("| %s | %s | %s | %.0f (%.1f%%) | %.0f (%.1f%%) | %.2f | %s | %s | %s |\n", rw.path, rw.m.name, table,
-			start, 100*start/limit, end, 100*end/limit, created, evicted, refused, fullAt)
+		limitAt, nLimit := inRuns(rw.fs, tableFill.atLimit)
+		if rw.m.tables == filling && nLimit > 0 {
+			runs := limitAt
+			if nLimit == len(rw.fs) {
+				runs = "every run"
+			}
+			atLimit = append(atLimit, fmt.Sprintf("`%s` (%s)", rw.path, runs))
+			limitAt = "**" + limitAt + "**"
+		}
+		p("| %s | %s | %s | %.0f (%.1f%%) | %.0f (%.1f%%) | %.2f | %s | %s | %s | %s | %s |\n", rw.path, rw.m.name, table,
+			start, 100*start/limit, end, 100*end/limit, created, evicted, refused, rnat, fullAt, limitAt)
 	}
 	if len(notFull) > 0 {
 		p("\n**Not full at the start of every `flood` window**: %s. Those runs measured a table still filling in part;\n", strings.Join(notFull, ", "))
 		p("a longer `-flood-warmup` gives the steady state.\n")
+	}
+	if len(atLimit) > 0 {
+		p("\n%s\n", wrap(fmt.Sprintf("**At its limit by the end of a `churn` window**: %s. `churn` is meant to measure "+
+			"tables still filling; a table at its limit spent part of the window evicting an entry for each new one "+
+			"(conntrack, early_drop) or forwarding new flows unrecorded (raftlb) instead. raftlb gets a table of %d "+
+			"connections there while conntrack stays at nf_conntrack_max, so a conntrack row here is measured in a harder "+
+			"state than raftlb's and favours raftlb; `flood` compares both tables full.", strings.Join(atLimit, ", "), b.o.conns), 118))
 	}
 	p("\nraftlb's limit is its slots: a table of two-choice, eight-way buckets takes a third more entries than its nominal\n")
 	p("capacity, and refuses inserts only as its last slots go. With the table full, no counted packet adds an entry: each\n")
@@ -565,4 +590,30 @@ func (b *bench) writeTables(p func(string, ...any), tabs fills) {
 		p("program that translates it")
 	}
 	p(".\n")
+	if len(natFlood) > 0 {
+		p("\n%s\n", wrap(fmt.Sprintf("Reverse-NAT full in `flood`: %s per counted packet. The reverse-NAT table is as big "+
+			"as the connection table and takes an entry for every new NAT flow, recorded or not, so it is full too: a new "+
+			"flow's reverse entry finds no slot, and its replies cannot be translated back to the VIP. In this state "+
+			"`raftlb-nat` forwards new flows that cannot complete, while conntrack keeps admitting new flows by evicting "+
+			"unreplied entries: `raftlb-nat`'s `flood` row is the rate of a director that has stopped admitting new NAT "+
+			"flows, not of one serving them.", strings.Join(natFlood, ", ")), 118))
+	}
+}
+
+// inRuns says in how many of the runs f holds: yes, no, or in n of m
+// runs; n is that count.
+func inRuns(fs []tableFill, f func(tableFill) bool) (string, int) {
+	n := 0
+	for _, tf := range fs {
+		if f(tf) {
+			n++
+		}
+	}
+	switch {
+	case n == 0:
+		return "no", n
+	case n == len(fs):
+		return "yes", n
+	}
+	return fmt.Sprintf("in %d of %d runs", n, len(fs)), n
 }

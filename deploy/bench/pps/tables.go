@@ -24,6 +24,13 @@ type tableSnap struct {
 	// no free slot (conn_table_full) or a contended bucket lock
 	// (conn_table_busy).
 	refused uint64
+	// nat is set on raftlb's NAT path, which writes a reverse-NAT entry
+	// for every new flow, recorded or not, into a table as big as the
+	// connection table. rnatRefused counts those that found no slot
+	// (rnat_table_full, full or contended): the flow's replies cannot be
+	// translated back to the VIP.
+	nat         bool
+	rnatRefused uint64
 	// evicted counts unreplied conntrack entries removed to make room for
 	// a new one (early_drop), dropped the packets conntrack dropped
 	// because it found none to remove.
@@ -33,7 +40,9 @@ type tableSnap struct {
 // A tableFill is a table at the start and at the end of a counted window.
 type tableFill struct {
 	start, end tableSnap
-	packets    uint64 // counted in the window
+	// packets is what the sink counted between the two reads, so that
+	// the counters' deltas per packet are exact (measure says how).
+	packets uint64
 }
 
 // limit is the most entries the table takes: raftlb's slots (a third
@@ -54,6 +63,13 @@ func (f tableFill) full() bool {
 	return float64(f.start.entries) >= 0.99*l && float64(f.end.entries-f.start.entries) < 0.01*l
 }
 
+// atLimit reports whether the table was at least 99% of its limit in use
+// when the count ended: a table meant to be still filling (churn) that
+// got there spent part of the window evicting or refusing.
+func (f tableFill) atLimit() bool {
+	return float64(f.end.entries) >= 0.99*float64(f.end.limit())
+}
+
 // created is the entries added in the window per counted packet,
 // evicted ones included.
 func (f tableFill) created() float64 {
@@ -71,11 +87,12 @@ func (f tableFill) share(n func(tableSnap) uint64) float64 {
 	return float64(n(f.end)-n(f.start)) / float64(f.packets)
 }
 
-// connTable reads raftlb's connection table. The sum of the active
-// counts is live (the table's own count, Stats.Conns, is as of the last
-// sweep), and equals the table's entries while nothing expires: a run is
-// far shorter than the UDP timeout.
-func connTable(d *dataplane.Dataplane) (tableSnap, error) {
+// connTable reads raftlb's connection table; nat says the path writes
+// reverse-NAT entries. The sum of the active counts is live (the table's
+// own count, Stats.Conns, is as of the last sweep), and equals the
+// table's entries while nothing expires: a run is far shorter than the
+// UDP timeout.
+func connTable(d *dataplane.Dataplane, nat bool) (tableSnap, error) {
 	st, err := d.Stats()
 	if err != nil {
 		return tableSnap{}, fmt.Errorf("read dataplane stats: %w", err)
@@ -84,6 +101,10 @@ func connTable(d *dataplane.Dataplane) (tableSnap, error) {
 		capacity: st.ConnCapacity,
 		slots:    st.ConnSlots,
 		refused:  st.Reasons[dataplane.ReasonConnTableFull] + st.Reasons[dataplane.ReasonConnTableBusy],
+		nat:      nat,
+	}
+	if nat {
+		s.rnatRefused = st.Reasons[dataplane.ReasonRNATTableFull]
 	}
 	for _, n := range st.Active {
 		s.entries += int(n)
