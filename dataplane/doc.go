@@ -14,10 +14,11 @@
 //     bpf_redirect_neigh; also DR/TUN for GSO packets too big for XDP to
 //     encapsulate (generic XDP on veth), so the kernel can segment them.
 //     XDP schedules every VIP packet (the method belongs to the
-//     realserver it picks) and passes a NAT one on with that pick in XDP
-//     metadata (tc_nat_xdp_pick), so TC does not search the connection
-//     table again; where a driver keeps no metadata, TC finds the
-//     connection XDP recorded.
+//     realserver it picks) and passes a NAT one, or a GSO one for TC to
+//     encapsulate, on with that pick in XDP metadata (tc_xdp_pick), bound
+//     to the flow and the realserver's address, so TC does not search the
+//     connection table again; where a driver keeps no metadata, TC finds
+//     the connection XDP recorded.
 //   - TUN packets too big for the tunnel: one that is not GSO and would
 //     not fit the front MTU once encapsulated is answered as IPVS answers
 //     it. With DF set, the client gets ICMP "fragmentation needed" from

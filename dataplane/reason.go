@@ -46,7 +46,7 @@ const (
 	ReasonConnTableBusy
 	ReasonTCTxFragNeeded
 	ReasonDropTooBig
-	ReasonTCNATXDPPick
+	ReasonTCXDPPick
 	numReasons
 )
 
@@ -59,7 +59,7 @@ var reasonNames = [...]string{
 	"tc_nat_in", "tc_nat_out", "tc_pass", "tc_drop_nat_no_conn", "tc_drop_method", "decap",
 	"xdp_pass_oversize", "tc_tx_dr", "tc_tx_tun", "tc_nat_icmp_in", "tc_nat_icmp_out",
 	"tc_tx_tun_probe", "conn_table_busy", "tc_tx_frag_needed", "drop_too_big",
-	"tc_nat_xdp_pick",
+	"tc_xdp_pick",
 }
 
 func (r Reason) String() string {

@@ -230,8 +230,10 @@ truncated:
 	return XDP_DROP;
 }
 
-/* Put the realserver picked for a NAT packet in front of it, for TC. */
-static __always_inline void xdp_hand_pick(struct xdp_md *ctx, __u32 idx)
+/* Put the realserver picked for a packet XDP passes on in front of it,
+ * for TC. */
+static __always_inline void xdp_hand_pick(struct xdp_md *ctx, struct flow *f, struct real *rs,
+					  __u32 idx)
 {
 	struct xdp_meta *m;
 
@@ -242,6 +244,13 @@ static __always_inline void xdp_hand_pick(struct xdp_md *ctx, __u32 idx)
 		return;
 	m->magic = XDP_META_MAGIC;
 	m->rs_idx = idx;
+	m->rs_addr = rs->addr;
+	m->rs_port = rs->port;
+	m->proto = f->key.proto;
+	m->pad = 0;
+	m->saddr = f->key.saddr;
+	m->sport = f->key.sport;
+	m->dport = f->key.dport;
 }
 
 static __always_inline int drop_if_owned(__be32 daddr, __u32 r)
@@ -364,6 +373,7 @@ static __always_inline int xdp_main(struct xdp_md *ctx, __u32 role)
 		/* A GSO packet (generic XDP) must be encapsulated where the
 		 * kernel learns it is a tunnel, or segmenting it fails later. */
 		if (f.len - ETH_HLEN + sizeof(struct iphdr) > c->front_mtu) {
+			xdp_hand_pick(ctx, &f, rs, idx);
 			count(R_XDP_PASS_OVERSIZE);
 			return XDP_PASS;
 		}
@@ -372,7 +382,7 @@ static __always_inline int xdp_main(struct xdp_md *ctx, __u32 role)
 	case METHOD_NAT:
 		/* TC translates, with this pick when the driver keeps
 		 * metadata; without, it finds the connection recorded above. */
-		xdp_hand_pick(ctx, idx);
+		xdp_hand_pick(ctx, &f, rs, idx);
 		count(R_XDP_PASS_NAT);
 		return XDP_PASS;
 	}
@@ -865,28 +875,30 @@ static __always_inline int tc_inside_icmp(struct __sk_buff *skb)
 	return bpf_redirect_neigh(c->front_ifindex, NULL, 0, 0);
 }
 
-/* The realserver XDP picked for this NAT packet, or NO_PICK. Read before
- * anything changes the skb. */
-#define NO_PICK ((__u32)-1)
-static __always_inline __u32 tc_xdp_pick(struct __sk_buff *skb)
+/* What XDP handed over in front of this packet (magic 0 if nothing).
+ * Read before anything changes the skb. */
+static __always_inline void tc_xdp_meta(struct __sk_buff *skb, struct xdp_meta *out)
 {
 	struct xdp_meta *m = (void *)(long)skb->data_meta;
 
-	if ((void *)(m + 1) > (void *)(long)skb->data || m->magic != XDP_META_MAGIC)
-		return NO_PICK;
-	return m->rs_idx;
+	if ((void *)(m + 1) <= (void *)(long)skb->data)
+		*out = *m;
 }
 
-/* XDP's pick, if it still names one of s's NAT realservers (it was made
- * a moment ago, through the same tables). */
-static __always_inline struct real *picked_real(struct svc *s, __u32 pick)
+/* The realserver XDP picked for f, if the metadata names this flow and
+ * that realserver is still there, in s. */
+static __always_inline struct real *picked_real(struct svc *s, struct flow *f, struct xdp_meta *m)
 {
 	struct real *rs;
+	__u32 idx;
 
-	if (pick == NO_PICK)
+	if (m->magic != XDP_META_MAGIC || m->saddr != f->key.saddr || m->sport != f->key.sport ||
+	    m->dport != f->key.dport || m->proto != f->key.proto)
 		return NULL;
-	rs = bpf_map_lookup_elem(&reals, &pick);
-	if (!rs || !(rs->flags & RS_VALID) || rs->svc_id != s->id || rs->method != METHOD_NAT)
+	idx = m->rs_idx;
+	rs = bpf_map_lookup_elem(&reals, &idx);
+	if (!rs || !(rs->flags & RS_VALID) || rs->svc_id != s->id || rs->addr != m->rs_addr ||
+	    rs->port != m->rs_port)
 		return NULL;
 	return rs;
 }
@@ -894,7 +906,7 @@ static __always_inline struct real *picked_real(struct svc *s, __u32 pick)
 SEC("tc")
 int tc_front(struct __sk_buff *skb)
 {
-	__u32 pick = tc_xdp_pick(skb);
+	struct xdp_meta pick = {};
 	struct tc_pkt p = {};
 	struct config *c;
 	struct real *rs;
@@ -903,6 +915,7 @@ int tc_front(struct __sk_buff *skb)
 	__u32 idx;
 	int r;
 
+	tc_xdp_meta(skb, &pick);
 	r = tc_parse(skb, &p);
 	if (r != TC_L4) {
 		if (p.owned_dst) {
@@ -931,10 +944,10 @@ int tc_front(struct __sk_buff *skb)
 		count(R_DROP_NO_LEASE);
 		return TC_ACT_SHOT;
 	}
-	rs = picked_real(s, pick);
+	rs = picked_real(s, &p.f, &pick);
 	if (rs) {
-		idx = pick;
-		count(R_TC_NAT_XDP_PICK);
+		idx = pick.rs_idx;
+		count(R_TC_XDP_PICK);
 	} else {
 		rs = conn_select(s, &p.f, now, &idx, c);
 	}

@@ -145,7 +145,7 @@ enum reason {
 	R_CONN_TABLE_BUSY, /* a home bucket's lock stayed taken */
 	R_TC_TX_FRAG_NEEDED, /* TUN packet too big: "fragmentation needed" sent back */
 	R_DROP_TOO_BIG,      /* TUN packet too big, and no answer may be sent */
-	R_TC_NAT_XDP_PICK,   /* NAT packet sent on with the realserver XDP picked */
+	R_TC_XDP_PICK,       /* TC sent a packet on with the realserver XDP picked */
 	R_REASON_MAX,
 };
 
@@ -216,15 +216,25 @@ struct real {
 };
 
 /*
- * What XDP hands to TC in front of a NAT packet it passes (XDP metadata):
- * the realserver it picked, so TC neither searches the connection table
- * again nor, when the table is full, schedules the packet a second time.
- * Only XDP can write metadata, so a packet from the wire cannot carry it.
+ * What XDP hands to TC in front of a VIP packet it passes on (XDP
+ * metadata): the realserver it picked, so TC neither searches the
+ * connection table again nor, when the table is full, schedules the
+ * packet a second time. Metadata is written by XDP programs only, but not
+ * necessarily ours for this packet (a frame redirected in keeps its own),
+ * so it names the flow and the realserver's address, and TC uses it only
+ * when both match.
  */
 #define XDP_META_MAGIC 0x524c424e /* "RLBN" */
 struct xdp_meta {
 	__u32 magic;
 	__u32 rs_idx;
+	__be32 rs_addr;
+	__be16 rs_port;
+	__u8 proto;
+	__u8 pad;
+	__be32 saddr;
+	__be16 sport;
+	__be16 dport;
 };
 
 struct owned {
