@@ -39,7 +39,6 @@ type applied struct {
 	owned     map[netip.Addr]ownedInfo
 	tables    map[uint32]*ebpf.Map
 	adjust    map[uint32]int64 // rs_adjust, which only Go writes
-	natBacks  map[directorNatBackKey]directorNatBack
 	svcIDs    idAlloc
 	realIDs   idAlloc
 	leaseIDs  idAlloc
@@ -63,7 +62,6 @@ func newApplied() applied {
 		owned:     make(map[netip.Addr]ownedInfo),
 		tables:    make(map[uint32]*ebpf.Map),
 		adjust:    make(map[uint32]int64),
-		natBacks:  make(map[directorNatBackKey]directorNatBack),
 		svcIDs:    newIDAlloc(maxServices),
 		realIDs:   newIDAlloc(maxReals),
 		leaseIDs:  newIDAlloc(maxOwned),
@@ -141,9 +139,6 @@ func (d *Dataplane) Apply(s State) error {
 		return err
 	}
 	if err := d.applyServices(s.Services); err != nil {
-		return err
-	}
-	if err := d.applyNATBacks(s.Services); err != nil {
 		return err
 	}
 	if s.FrontAddr != d.st.frontAddr {
@@ -243,48 +238,6 @@ func (d *Dataplane) applyServices(svcs []Service) error {
 		if err := d.applyService(s, macs); err != nil {
 			return err
 		}
-	}
-	return nil
-}
-
-// applyNATBacks makes nat_backs hold, for each NAT realserver address,
-// port and protocol that exactly one service uses, that service's VIP and
-// port: what a reply without a reverse-NAT entry is translated with.
-func (d *Dataplane) applyNATBacks(svcs []Service) error {
-	want := make(map[directorNatBackKey]directorNatBack)
-	shared := make(map[directorNatBackKey]bool)
-	for _, s := range svcs {
-		for _, r := range s.Realservers {
-			if r.Method != NAT {
-				continue
-			}
-			k := directorNatBackKey{Addr: be32(r.Addr), Port: be16(r.Port), Proto: uint8(s.Proto)}
-			v := directorNatBack{Vip: be32(s.VIP), Vport: be16(s.Port)}
-			if old, ok := want[k]; ok && old != v {
-				shared[k] = true
-			}
-			want[k] = v
-		}
-	}
-	for k := range shared {
-		delete(want, k)
-	}
-	for k := range d.st.natBacks {
-		if _, ok := want[k]; !ok {
-			if err := d.objs.NatBacks.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-				return fmt.Errorf("delete NAT reply mapping: %w", err)
-			}
-			delete(d.st.natBacks, k)
-		}
-	}
-	for k, v := range want {
-		if old, ok := d.st.natBacks[k]; ok && old == v {
-			continue
-		}
-		if err := d.objs.NatBacks.Put(k, v); err != nil {
-			return fmt.Errorf("write NAT reply mapping: %w", err)
-		}
-		d.st.natBacks[k] = v
 	}
 	return nil
 }

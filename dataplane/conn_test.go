@@ -334,7 +334,6 @@ func TestTablesFull(t *testing.T) {
 		if v != tcRedirect {
 			t.Fatalf("tc front verdict %d, want redirect", v)
 		}
-		// PROG_TEST_RUN gives TC no XDP metadata, so TC schedules too.
 		if got := counter(t, d, ReasonConnTableFull) - before; got != 2 {
 			t.Errorf("conn_table_full %d, want 2 (XDP and TC)", got)
 		}
@@ -726,44 +725,6 @@ func TestConnTableBusy(t *testing.T) {
 		_, ack := run(t, d.objs.XdpFront, tcpFrame(client, p, vip, 80, pkt.ACK, nil))
 		if rsOf(syn) != rsOf(ack) {
 			t.Errorf("port %d: unrecorded SYN went to rs%d, its ACK to rs%d", p, rsOf(syn), rsOf(ack))
-		}
-	}
-}
-
-// Replies without a reverse entry are translated only by the one NAT
-// service their realserver port belongs to, as the services change.
-func TestNATStatelessReplies(t *testing.T) {
-	d := newTestDataplane(t, Config{})
-	a := service(MH, reals(NAT, 8080, 1))
-	b := Service{ServiceKey: ServiceKey{VIP: vip, Port: 81, Proto: TCP}, Realservers: reals(NAT, 8080, 1)}
-	reply := pkt.Ether(insideMAC, rsMAC(1), pkt.EtherIPv4,
-		pkt.IPv4{Src: rsInside(1), Dst: client, Proto: pkt.ProtoTCP}.Packet(
-			pkt.TCP{SrcPort: 8080, DstPort: 1234, Flags: pkt.ACK}.Segment(rsInside(1), client)))
-	for _, step := range []struct {
-		name  string
-		svcs  []Service
-		vport uint16 // 0: not translated
-	}{
-		{"one service", []Service{a}, 80},
-		{"port shared by two services", []Service{a, b}, 0},
-		{"the other left", []Service{b}, 81},
-		{"no NAT service", nil, 0},
-	} {
-		mustApply(t, d, State{Services: step.svcs, Gateways: []netip.Addr{gateway}})
-		grantLease(t, d, vip, gateway)
-		v, out := run(t, d.objs.TcInside, reply)
-		if step.vport == 0 {
-			if v != tcOK {
-				t.Errorf("%s: verdict %d, want ok (the kernel)", step.name, v)
-			}
-			continue
-		}
-		if v != tcRedirect {
-			t.Errorf("%s: verdict %d, want redirect", step.name, v)
-			continue
-		}
-		if src, _ := netip.AddrFromSlice(out[26:30]); src != vip || be16At(out, 34) != step.vport {
-			t.Errorf("%s: reply leaves from %s:%d, want %s:%d", step.name, src, be16At(out, 34), vip, step.vport)
 		}
 	}
 }

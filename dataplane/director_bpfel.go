@@ -102,21 +102,6 @@ type directorIdxBucket struct {
 	Val [4]uint32
 }
 
-type directorNatBack struct {
-	_     structs.HostLayout
-	Vip   uint32
-	Vport uint16
-	Pad   uint16
-}
-
-type directorNatBackKey struct {
-	_     structs.HostLayout
-	Addr  uint32
-	Port  uint16
-	Proto uint8
-	Pad   uint8
-}
-
 type directorPersist struct {
 	_          structs.HostLayout
 	LastSeenNs uint64
@@ -191,7 +176,6 @@ const (
 	directorMapConns          = "conns"
 	directorMapEvents         = "events"
 	directorMapLeases         = "leases"
-	directorMapNatBacks       = "nat_backs"
 	directorMapPersist        = "persist"
 	directorMapReals          = "reals"
 	directorMapReasons        = "reasons"
@@ -277,7 +261,6 @@ type directorMapSpecs struct {
 	Conns        *ebpf.MapSpec `ebpf:"conns"`
 	Events       *ebpf.MapSpec `ebpf:"events"`
 	Leases       *ebpf.MapSpec `ebpf:"leases"`
-	NatBacks     *ebpf.MapSpec `ebpf:"nat_backs"`
 	Persist      *ebpf.MapSpec `ebpf:"persist"`
 	Reals        *ebpf.MapSpec `ebpf:"reals"`
 	Reasons      *ebpf.MapSpec `ebpf:"reasons"`
@@ -329,7 +312,6 @@ type directorMaps struct {
 	Conns        *ebpf.Map `ebpf:"conns"`
 	Events       *ebpf.Map `ebpf:"events"`
 	Leases       *ebpf.Map `ebpf:"leases"`
-	NatBacks     *ebpf.Map `ebpf:"nat_backs"`
 	Persist      *ebpf.Map `ebpf:"persist"`
 	Reals        *ebpf.Map `ebpf:"reals"`
 	Reasons      *ebpf.Map `ebpf:"reasons"`
@@ -352,7 +334,6 @@ func (m *directorMaps) Close() error {
 		m.Conns,
 		m.Events,
 		m.Leases,
-		m.NatBacks,
 		m.Persist,
 		m.Reals,
 		m.Reasons,

@@ -101,16 +101,12 @@
 // realserver. NAT replies are translated from the reverse-NAT entry
 // alone, which is written even when the connection did not fit; the
 // sweeper expires such an entry after the service's SYN_RECV (TCP) or UDP
-// timeout without a packet. A reply that finds no reverse entry (both
-// tables full, or a connection this director never saw) is translated by
-// the service its realserver address and port belong to, when exactly one
-// NAT service has them (tc_nat_out_stateless); replies to the director's
-// own addresses (health checks) go to its kernel.
+// timeout without a packet.
 //
 // Sysctls: Open sets, for the front and inside interfaces,
 //   - net.ipv4.conf.<iface>.forwarding=0: what the programs pass up is
-//     meant for the director itself; a NAT reply or VIP packet the
-//     programs cannot translate must die here instead of being routed on
+//     meant for the director itself; a NAT reply or VIP packet that misses
+//     its table entry must die here instead of being routed on
 //     untranslated. bpf_redirect_neigh and XDP_TX need no forwarding.
 //   - net.ipv4.conf.<iface>.send_redirects=0: the director never tells
 //     hosts to bypass it.

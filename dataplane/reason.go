@@ -47,7 +47,6 @@ const (
 	ReasonTCTxFragNeeded
 	ReasonDropTooBig
 	ReasonTCXDPPick
-	ReasonTCNATOutStateless
 	numReasons
 )
 
@@ -60,7 +59,7 @@ var reasonNames = [...]string{
 	"tc_nat_in", "tc_nat_out", "tc_pass", "tc_drop_nat_no_conn", "tc_drop_method", "decap",
 	"xdp_pass_oversize", "tc_tx_dr", "tc_tx_tun", "tc_nat_icmp_in", "tc_nat_icmp_out",
 	"tc_tx_tun_probe", "conn_table_busy", "tc_tx_frag_needed", "drop_too_big",
-	"tc_xdp_pick", "tc_nat_out_stateless",
+	"tc_xdp_pick",
 }
 
 func (r Reason) String() string {

@@ -875,18 +875,6 @@ static __always_inline int tc_inside_icmp(struct __sk_buff *skb)
 	return bpf_redirect_neigh(c->front_ifindex, NULL, 0, 0);
 }
 
-/* A packet with nothing to translate it: the kernel's, unless it is for
- * an address the director owns, which nothing else may answer. */
-static __always_inline int tc_not_translated(int owned_dst)
-{
-	if (owned_dst) {
-		count(R_DROP_NO_SERVICE);
-		return TC_ACT_SHOT;
-	}
-	count(R_TC_PASS);
-	return TC_ACT_OK;
-}
-
 /* What XDP handed over in front of this packet (magic 0 if nothing).
  * Read before anything changes the skb. */
 static __always_inline void tc_xdp_meta(struct __sk_buff *skb, struct xdp_meta *out)
@@ -940,8 +928,14 @@ int tc_front(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	}
 	s = svc_find(p.f.key.daddr, p.f.key.dport, p.f.key.proto);
-	if (!s)
-		return tc_not_translated(p.owned_dst);
+	if (!s) {
+		if (p.owned_dst) {
+			count(R_DROP_NO_SERVICE);
+			return TC_ACT_SHOT;
+		}
+		count(R_TC_PASS);
+		return TC_ACT_OK;
+	}
 	c = get_cfg();
 	if (!c)
 		return TC_ACT_SHOT;
@@ -1019,23 +1013,16 @@ int tc_inside(struct __sk_buff *skb)
 	if (!c)
 		return TC_ACT_SHOT;
 	rv = rnat_find(&rk, c);
-	if (rv) {
-		vip = rv->vip;
-		vport = rv->vport;
-	} else {
-		struct nat_back_key bk = { .addr = rk.saddr, .port = rk.sport, .proto = rk.proto };
-		struct nat_back *b = NULL;
-
-		/* Not what answers the director itself (health checks), nor
-		 * anything for the addresses it owns. */
-		if (!p.owned_dst && rk.daddr != c->inside_addr && rk.daddr != c->front_addr)
-			b = bpf_map_lookup_elem(&nat_backs, &bk);
-		if (!b)
-			return tc_not_translated(p.owned_dst);
-		vip = b->vip;
-		vport = b->vport;
-		count(R_TC_NAT_OUT_STATELESS);
+	if (!rv) {
+		if (p.owned_dst) {
+			count(R_DROP_NO_SERVICE);
+			return TC_ACT_SHOT;
+		}
+		count(R_TC_PASS);
+		return TC_ACT_OK;
 	}
+	vip = rv->vip;
+	vport = rv->vport;
 	s = svc_find(vip, vport, p.f.key.proto);
 	if (!s) {
 		count(R_TC_DROP_NAT_NO_CONN);
@@ -1047,7 +1034,7 @@ int tc_inside(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	}
 	/* A store per tick at most: the clock moves in ticks. */
-	if (rv && rv->last_seen_ns != now)
+	if (rv->last_seen_ns != now)
 		rv->last_seen_ns = now;
 	ck.saddr = p.f.key.daddr;
 	ck.daddr = vip;

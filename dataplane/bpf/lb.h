@@ -146,7 +146,6 @@ enum reason {
 	R_TC_TX_FRAG_NEEDED, /* TUN packet too big: "fragmentation needed" sent back */
 	R_DROP_TOO_BIG,      /* TUN packet too big, and no answer may be sent */
 	R_TC_XDP_PICK,       /* TC sent a packet on with the realserver XDP picked */
-	R_TC_NAT_OUT_STATELESS, /* NAT reply without a reverse entry, translated by its service */
 	R_REASON_MAX,
 };
 
@@ -449,34 +448,6 @@ struct {
 	__type(key, struct persist_key);
 	__type(value, struct persist);
 } persist SEC(".maps");
-
-/*
- * The VIP and port of the one NAT service whose realserver sends from
- * this address, port and protocol. A reply that finds no reverse-NAT entry
- * (the table was full when its connection opened, or the entry was never
- * replicated here) is translated with it, so NAT forwarding goes on
- * without state as DR and TUN do. Go leaves out realserver ports that
- * serve several NAT services: those replies need their entry.
- */
-struct nat_back_key {
-	__be32 addr;
-	__be16 port;
-	__u8 proto;
-	__u8 pad;
-};
-
-struct nat_back {
-	__be32 vip;
-	__be16 vport;
-	__u16 pad;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, MAX_REALS);
-	__type(key, struct nat_back_key);
-	__type(value, struct nat_back);
-} nat_backs SEC(".maps");
 
 /* Connections opened per realserver (atomic, BPF only) and the Go-owned
  * adjustment (installed minus expired); active = opened + adjust. */

@@ -21,13 +21,12 @@
 // Maglev picks without recording it (counted as conn_table_full); on DR
 // and TUN that is all. On NAT the reverse-NAT table, as big as the
 // connection table and written for every new flow, recorded or not, is
-// full as well: each new flow's reverse entry fails too (rnat_table_full),
-// and its replies are translated by the one NAT service their realserver
-// address and port belong to (tc_nat_out_stateless); the lab's
-// realservers send no replies, so that is not measured. The report shows
-// how full each table was at the start and the end of every counted
-// window, and the refusals and evictions per packet the sink counted
-// between those reads
+// full as well: each new flow's reverse entry fails too (rnat_table_full)
+// and its replies cannot be translated back to the VIP, so new NAT flows
+// cannot complete in that state, and raftlb-nat's flood rate is not
+// comparable with the nft paths'. The report shows how full each table
+// was at the start and the end of every counted window, and the
+// refusals and evictions per packet the sink counted between those reads
 // (tables.go); it says so when a flood run began before its table was
 // full, or a churn run's table (conntrack's is far smaller than raftlb's
 // churn table) reached its limit before the window ended.

@@ -231,6 +231,9 @@ func (b *bench) writeReport(r results, tabs fills, prof profiles, took time.Dura
 	for _, pair := range [][2]string{{"raftlb-nat", "nft-jhash"}, {"raftlb-nat", "nft-numgen"}, {"raftlb-dr", "nft-numgen"}} {
 		for _, m := range newTupleMixes {
 			what := fmt.Sprintf("%s / %s, new tuple per packet, %s", pair[0], pair[1], m.label)
+			if pair[0] == "raftlb-nat" && m.name == "flood" {
+				what += " (new NAT flows cannot complete here: reverse-NAT table full)"
+			}
 			rows = append(rows, pr(what, 2, pair[0], pair[1], m.name))
 		}
 	}
@@ -450,10 +453,10 @@ func (b *bench) writeMixes(p func(string, ...any)) {
 				"`raftlb-tun` that is all: such a flow keeps its realserver while the realservers stay the same, as Maglev gives "+
 				"it the same answer every time, but it is not announced to the other directors and does not count in lc/wlc. "+
 				"On `raftlb-nat` the reverse-NAT table, as big as the connection table and written for every new flow, recorded "+
-				"or not, is full as well, so each new flow's reverse entry fails too (`rnat_table_full`); its replies are then "+
-				"translated by the one service their realserver address and port belong to (`tc_nat_out_stateless`), so such "+
-				"a flow goes on without state as on DR and TUN (this lab's realservers send no replies, so that part is not "+
-				"measured here)", b.o.floodWarmup))
+				"or not, is full as well, so each new flow's reverse entry fails too (`rnat_table_full`) and its replies cannot "+
+				"be translated back to the VIP: in this state a new NAT flow cannot complete. `raftlb-nat`'s `flood` figure is "+
+				"therefore the rate at which it forwards the first packets of flows it can no longer serve, while conntrack "+
+				"keeps admitting new flows: no like-for-like comparison with the nft paths", b.o.floodWarmup))
 		}
 	}
 	text := fmt.Sprintf("Mixes, from one trafgen: %s.", strings.Join(ms, "; "))
@@ -590,10 +593,10 @@ func (b *bench) writeTables(p func(string, ...any), tabs fills) {
 	if len(natFlood) > 0 {
 		p("\n%s\n", wrap(fmt.Sprintf("Reverse-NAT full in `flood`: %s per counted packet. The reverse-NAT table is as big "+
 			"as the connection table and takes an entry for every new NAT flow, recorded or not, so it is full too: a new "+
-			"flow's reverse entry finds no slot. Its replies would be translated by the one service their realserver "+
-			"address and port belong to (`tc_nat_out_stateless`), as here, where each realserver port serves one service; "+
-			"a realserver port shared by several NAT services has no such fallback, and those flows could not complete.",
-			strings.Join(natFlood, ", ")), 118))
+			"flow's reverse entry finds no slot, and its replies cannot be translated back to the VIP. In this state "+
+			"`raftlb-nat` forwards new flows that cannot complete, while conntrack keeps admitting new flows by evicting "+
+			"unreplied entries: `raftlb-nat`'s `flood` row is the rate of a director that has stopped admitting new NAT "+
+			"flows, not of one serving them.", strings.Join(natFlood, ", ")), 118))
 	}
 }
 
