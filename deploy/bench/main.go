@@ -167,7 +167,7 @@ var notes = map[string]string{
 	"github.com/raftlb/raftlb/server": `ReplicatedWrites: 32 concurrent clients over all three directors. Each Raft batch is one
 fsync of the BoltDB log plus a TLS round trip; more concurrent clients mean bigger batches.`,
 	"github.com/raftlb/raftlb/dataplane": `ns/pkt is the kernel's own BPF_PROG_TEST_RUN timing. Paths that leave the packet as they
-found it (` + "`empty`, `dr/established`, `nat/xdp-pass`, `not-vip/pass`" + `) repeat in the kernel: subtract
+found it (` + "`empty`, `dr/established`, `not-vip/pass`" + `) repeat in the kernel: subtract
 ` + "`empty`" + ` (the harness's cost per repetition) for the program's own. The others run once per call
 minus an empty program run the same way (` + "`dr/established-once`" + ` is the DR hit measured so, for
 comparison). ` + "`*/new`" + ` is a SYN of a tuple never seen (scheduling, the connection insert, its
