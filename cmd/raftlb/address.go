@@ -71,9 +71,11 @@ func addressListCmd(o *clientOpts) *cobra.Command {
 func printAddresses(w io.Writer, as []*raftlbv1.Address) error {
 	t := newTable(w, "ADDRESS", "KIND", "PREFERRED", "OWNER", "EPOCH", "LEASE LEFT")
 	for _, a := range as {
+		// Only the owner and the leader know a lease: elsewhere it is
+		// zero, which must not read as "expired".
 		lease := "-"
-		if a.GetOwner() != "" {
-			lease = strconv.FormatInt(a.GetLeaseRemainingMs(), 10) + "ms"
+		if ms := a.GetLeaseRemainingMs(); a.GetOwner() != "" && ms > 0 {
+			lease = strconv.FormatInt(ms, 10) + "ms"
 		}
 		t.row(a.GetAddress(), addressKindWords.name(a.GetKind()), orDash(a.GetPreferredOwner()), orDash(a.GetOwner()),
 			strconv.FormatUint(a.GetEpoch(), 10), lease)
