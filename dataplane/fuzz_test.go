@@ -10,23 +10,30 @@ import (
 	"github.com/raftlb/raftlb/dataplane/internal/pkt"
 )
 
-// FuzzXDP feeds arbitrary frames to the front program: it must never
-// fault, and it may transmit only what concerns an owned address.
-func FuzzXDP(f *testing.F) {
-	zero := pkt.MAC("00:00:00:00:00:00")
-	for _, seed := range [][]byte{
+// clientSeeds are frames from the client, to the VIP and elsewhere, good
+// and bad, that both fuzz targets start from.
+func clientSeeds() [][]byte {
+	return [][]byte{
 		tcpFrame(client, 40000, vip, 80, pkt.SYN, nil),
 		tcpFrame(client, 40001, vip, 80, pkt.ACK, []byte("x")),
-		tcpFrame(client, 40000, vip, 443, pkt.SYN, nil),
 		tcpFrame(client, 40000, netip.MustParseAddr("192.0.2.50"), 80, pkt.SYN, nil),
 		udpFrame(client, 5000, vip, 53, []byte("q")),
-		pkt.ARP(1, pkt.MAC("ff:ff:ff:ff:ff:ff"), clientMAC, client, zero, vip),
-		pkt.Ether(frontMAC, clientMAC, pkt.EtherIPv4, pkt.IPv4{Src: client, Dst: vip, Proto: pkt.ProtoICMP}.Packet(pkt.ICMP(8, 0, 1, nil))),
 		pkt.Ether(frontMAC, clientMAC, pkt.EtherIPv4, pkt.IPv4{Src: client, Dst: vip, Proto: pkt.ProtoICMP}.Packet(pkt.ICMP(3, 4, 1400,
 			pkt.IPv4{Src: vip, Dst: client, Proto: pkt.ProtoTCP}.Packet(pkt.TCP{SrcPort: 80, DstPort: 40000}.Segment(vip, client))[:28]))),
 		pkt.Ether(frontMAC, clientMAC, pkt.EtherIPv4, pkt.IPv4{Src: client, Dst: vip, Proto: pkt.ProtoTCP, FragOff: 0x2000}.Packet(make([]byte, 20))),
 		make([]byte, 14),
-	} {
+	}
+}
+
+// FuzzXDP feeds arbitrary frames to the front program: it must never
+// fault, and it may transmit only what concerns an owned address.
+func FuzzXDP(f *testing.F) {
+	zero := pkt.MAC("00:00:00:00:00:00")
+	for _, seed := range append(clientSeeds(),
+		tcpFrame(client, 40000, vip, 443, pkt.SYN, nil),
+		pkt.ARP(1, pkt.MAC("ff:ff:ff:ff:ff:ff"), clientMAC, client, zero, vip),
+		pkt.Ether(frontMAC, clientMAC, pkt.EtherIPv4, pkt.IPv4{Src: client, Dst: vip, Proto: pkt.ProtoICMP}.Packet(pkt.ICMP(8, 0, 1, nil))),
+	) {
 		f.Add(seed)
 	}
 	d := newTestDataplane(f, Config{})
@@ -77,18 +84,7 @@ func FuzzTC(f *testing.F) {
 			pkt.IPv4{Src: rsInside(1), Dst: client, Proto: pkt.ProtoTCP}.Packet(
 				pkt.TCP{SrcPort: sport, DstPort: dport, Flags: pkt.SYN | pkt.ACK}.Segment(rsInside(1), client)))
 	}
-	for _, seed := range [][]byte{
-		tcpFrame(client, 40000, vip, 80, pkt.SYN, nil),
-		tcpFrame(client, 40000, vip, 80, pkt.ACK, []byte("x")),
-		udpFrame(client, 5000, vip, 53, []byte("q")),
-		tcpFrame(client, 40000, netip.MustParseAddr("192.0.2.50"), 80, pkt.SYN, nil),
-		rsReply(8080, 40000),
-		rsReply(8080, 40001),
-		pkt.Ether(frontMAC, clientMAC, pkt.EtherIPv4, pkt.IPv4{Src: client, Dst: vip, Proto: pkt.ProtoICMP}.Packet(pkt.ICMP(3, 4, 1400,
-			pkt.IPv4{Src: vip, Dst: client, Proto: pkt.ProtoTCP}.Packet(pkt.TCP{SrcPort: 80, DstPort: 40000}.Segment(vip, client))[:28]))),
-		pkt.Ether(frontMAC, clientMAC, pkt.EtherIPv4, pkt.IPv4{Src: client, Dst: vip, Proto: pkt.ProtoTCP, FragOff: 0x2000}.Packet(make([]byte, 20))),
-		make([]byte, 14),
-	} {
+	for _, seed := range append(clientSeeds(), rsReply(8080, 40000), rsReply(8080, 40001)) {
 		f.Add(seed)
 	}
 	d := newTestDataplane(f, Config{})
