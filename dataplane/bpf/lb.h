@@ -1064,6 +1064,34 @@ static __always_inline void rnat_put(struct rnat_key *rk, union ct_val *v, struc
 	}
 }
 
+/* schedule's pick, if it names an eligible realserver of s (a stale table
+ * length or slot may name another service's). */
+static __always_inline struct real *schedule_real(struct svc *s, struct flow *f, int by_flow, __u32 *idx)
+{
+	__s64 pick = schedule(s, f, by_flow);
+	struct real *rs;
+
+	if (pick < 0)
+		return NULL;
+	*idx = (__u32)pick;
+	rs = bpf_map_lookup_elem(&reals, idx);
+	return rs_eligible(rs, s->id) ? rs : NULL;
+}
+
+/* A recorded connection loses its realserver (removed, or replaced by
+ * another CPU's pick): counted, and its reverse entry removed, which
+ * nothing else would. */
+static __always_inline void conn_unbind(struct flow *f, struct conn *c, struct config *cfg)
+{
+	count(R_CONN_RESCHEDULED);
+	if (c->flags & CONN_F_NAT) {
+		struct rnat_key rk = {};
+
+		rnat_key_of(&rk, f, c->rs_addr, c->rs_port);
+		rnat_delete(&rk, cfg);
+	}
+}
+
 /*
  * Find the connection's realserver, or schedule and record a new one.
  * Returns NULL when nothing may take the packet. A connection whose
@@ -1077,7 +1105,6 @@ static __always_inline struct real *conn_select(struct svc *s, struct flow *f, _
 	union ct_val nv = {};
 	struct ct_pos pos;
 	struct real *rs;
-	__s64 pick = -1;
 	int persisted = 0, recorded = 0;
 	__u32 idx;
 
@@ -1090,14 +1117,7 @@ static __always_inline struct real *conn_select(struct svc *s, struct flow *f, _
 		rs = conn_hit(s, f, c, now, rs_idx, cfg);
 		if (rs)
 			return rs;
-		count(R_CONN_RESCHEDULED);
-		/* The old reverse entry would outlive it: nothing else removes it. */
-		if (c->flags & CONN_F_NAT) {
-			struct rnat_key rk = {};
-
-			rnat_key_of(&rk, f, c->rs_addr, c->rs_port);
-			rnat_delete(&rk, cfg);
-		}
+		conn_unbind(f, c, cfg);
 		stale = c;
 	}
 
@@ -1108,24 +1128,17 @@ static __always_inline struct real *conn_select(struct svc *s, struct flow *f, _
 		if (p && now - p->last_seen_ns < s->persist_ns) {
 			idx = p->rs_idx;
 			rs = bpf_map_lookup_elem(&reals, &idx);
-			if (rs_eligible(rs, s->id) && rs->addr == p->rs_addr && rs->port == p->rs_port) {
-				pick = idx;
-				persisted = 1;
-			}
+			persisted = rs_eligible(rs, s->id) && rs->addr == p->rs_addr && rs->port == p->rs_port;
 		}
 	}
 	/* A TCP connection first seen mid-stream (a takeover, or a SYN the
 	 * table could not record) picks by flow hash, as the unrecorded SYN
 	 * did: a second rr or lc pick would move it. */
-	if (pick < 0)
-		pick = schedule(s, f, f->key.proto == IPPROTO_TCP && !(f->syn && !f->ack));
-	if (pick < 0)
-		return NULL;
-	idx = (__u32)pick;
-	rs = bpf_map_lookup_elem(&reals, &idx);
-	/* A stale table length or slot may name another service's realserver. */
-	if (!rs_eligible(rs, s->id))
-		return NULL;
+	if (!persisted) {
+		rs = schedule_real(s, f, f->key.proto == IPPROTO_TCP && !(f->syn && !f->ack), &idx);
+		if (!rs)
+			return NULL;
+	}
 
 	nv.conn.last_seen_ns = now;
 	nv.conn.event_ns = now;
@@ -1156,13 +1169,7 @@ static __always_inline struct real *conn_select(struct svc *s, struct flow *f, _
 			if (won)
 				return won;
 			/* Its realserver is gone: this pick takes its place. */
-			count(R_CONN_RESCHEDULED);
-			if (c->flags & CONN_F_NAT) {
-				struct rnat_key rk = {};
-
-				rnat_key_of(&rk, f, c->rs_addr, c->rs_port);
-				rnat_delete(&rk, cfg);
-			}
+			conn_unbind(f, c, cfg);
 			*c = nv.conn;
 			recorded = 1;
 			break;
@@ -1185,12 +1192,8 @@ static __always_inline struct real *conn_select(struct svc *s, struct flow *f, _
 			 * unrecorded flow keeps its realserver from packet to
 			 * packet. */
 			if (!persisted && s->sched >= SCHED_RR) {
-				pick = schedule(s, f, 1);
-				if (pick < 0)
-					return NULL;
-				idx = (__u32)pick;
-				rs = bpf_map_lookup_elem(&reals, &idx);
-				if (!rs_eligible(rs, s->id))
+				rs = schedule_real(s, f, 1, &idx);
+				if (!rs)
 					return NULL;
 			}
 		}
