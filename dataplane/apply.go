@@ -466,13 +466,7 @@ func (d *Dataplane) refreshNeighbours() error {
 	if d.closed {
 		return ErrClosed
 	}
-	var hops []netip.Addr
-	for _, ri := range d.st.reals {
-		if ri.rs.Method != NAT {
-			hops = append(hops, ri.rs.Addr)
-		}
-	}
-	macs := d.neigh.lookup(hops)
+	macs := d.neigh.lookup(d.nextHops())
 	for _, ri := range d.st.reals {
 		mac := macs[ri.rs.Addr]
 		if ri.rs.Method == NAT || mac == nil || slices.Equal(mac, ri.mac) {

@@ -30,14 +30,20 @@ func (d *Dataplane) retainNeighbours() error {
 	if d.closed {
 		return ErrClosed
 	}
-	var addrs []netip.Addr
+	d.neigh.retain(d.nextHops())
+	return nil
+}
+
+// nextHops lists the addresses of the DR and TUN realservers: the packet
+// path sends to their MACs. Call with d.mu held.
+func (d *Dataplane) nextHops() []netip.Addr {
+	var hops []netip.Addr
 	for _, ri := range d.st.reals {
 		if ri.rs.Method != NAT {
-			addrs = append(addrs, ri.rs.Addr)
+			hops = append(hops, ri.rs.Addr)
 		}
 	}
-	d.neigh.retain(addrs)
-	return nil
+	return hops
 }
 
 // kernelNeighbours reads the kernel's route and neighbour tables and keeps
