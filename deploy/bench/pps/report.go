@@ -517,7 +517,7 @@ func (b *bench) writeTables(p func(string, ...any), tabs fills) {
 	p("at the window's start, growing by less than 1%% of it during the window; at limit, at least 99%% in use at its end.\n\n")
 	p("| path | mix | table, limit | entries at window start | at window end | new entries | evicted | table full | reverse-NAT full | full at window start | at limit at window end |\n")
 	p("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |\n")
-	var notFull, atLimit, twice, natFlood []string
+	var notFull, atLimit, natFlood []string
 	for _, rw := range rows {
 		med := func(f func(tableFill) float64) float64 {
 			var v []float64
@@ -539,9 +539,6 @@ func (b *bench) writeTables(p func(string, ...any), tabs fills) {
 		end := med(func(tf tableFill) float64 { return float64(tf.end.entries) })
 		created := med(tableFill.created)
 		evicted, refused, rnat := "–", fmt.Sprintf("%.2f", share(func(s tableSnap) uint64 { return s.refused })), "–"
-		if raftlb && rw.m.tables == full && share(func(s tableSnap) uint64 { return s.refused }) > 1.5 {
-			twice = append(twice, "`"+rw.path+"`")
-		}
 		if first.nat {
 			r := share(func(s tableSnap) uint64 { return s.rnatRefused })
 			rnat = fmt.Sprintf("%.2f", r)
@@ -584,12 +581,7 @@ func (b *bench) writeTables(p func(string, ...any), tabs fills) {
 	p("\nraftlb's limit is its slots: a table of two-choice, eight-way buckets takes a third more entries than its nominal\n")
 	p("capacity, and refuses inserts only as its last slots go. With the table full, no counted packet adds an entry: each\n")
 	p("new flow is forwarded unrecorded. Table full falls short of 1 per counted packet by the few per cent of packets whose\n")
-	p("tuple is already in the table (it holds a few hundred thousand of the generator's %d), which go by their entry", newTupleCount)
-	if len(twice) > 0 {
-		p(";\non %s it is about 2, as each packet's flow is looked up and refused twice, by the XDP program and then by the TC\n", strings.Join(twice, ", "))
-		p("program that translates it")
-	}
-	p(".\n")
+	p("tuple is already in the table (it holds a few hundred thousand of the generator's %d), which go by their entry.\n", newTupleCount)
 	if len(natFlood) > 0 {
 		p("\n%s\n", wrap(fmt.Sprintf("Reverse-NAT full in `flood`: %s per counted packet. The reverse-NAT table is as big "+
 			"as the connection table and takes an entry for every new NAT flow, recorded or not, so it is full too: a new "+
