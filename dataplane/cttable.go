@@ -23,8 +23,11 @@ type ctTable struct {
 }
 
 const (
-	ctWays    = 8
-	ctTagBusy = 2
+	ctWays = 8
+	// A key goes home while its home bucket holds fewer keys than this
+	// (CT_HOME_WAYS).
+	ctHomeWays = 5
+	ctTagBusy  = 2
 	// ctTagDead marks a deleted slot until reap frees it: a program may
 	// still be writing through a pointer it found before the delete.
 	ctTagDead = 4
@@ -192,7 +195,7 @@ func (t *ctTable) put(k ctKey, v ctVal) (old ctVal, replaced bool, err error) {
 		return old, true, nil
 	}
 	first, second := home, alt
-	if t.used(alt) < t.used(home) {
+	if used := t.used(home); used >= ctHomeWays && t.used(alt) < used {
 		first, second = alt, home
 	}
 	if t.claim(first, k, v, tag) || t.claim(second, k, v, tag) {

@@ -298,6 +298,11 @@ func load(cfg Config, neigh neighbours, front, inside iface) (*Dataplane, error)
 		}
 		return nil, fmt.Errorf("load director programs: %w", err)
 	}
+	// xdp_front hands everything but its fast path to xdp_front_full.
+	if err := d.objs.FrontFull.Put(uint32(0), d.objs.XdpFrontFull); err != nil {
+		d.objs.Close()
+		return nil, fmt.Errorf("install xdp_front_full: %w", err)
+	}
 	d.index = &vipIndex{m: d.objs.VipIndex}
 	if err := d.mapTables(); err != nil {
 		d.objs.Close()

@@ -175,6 +175,7 @@ const (
 	directorMapClockSamples   = "clock_samples"
 	directorMapConns          = "conns"
 	directorMapEvents         = "events"
+	directorMapFrontFull      = "front_full"
 	directorMapLeases         = "leases"
 	directorMapPersist        = "persist"
 	directorMapReals          = "reals"
@@ -194,6 +195,7 @@ const (
 	directorProgTcFrontEgress = "tc_front_egress"
 	directorProgTcInside      = "tc_inside"
 	directorProgXdpFront      = "xdp_front"
+	directorProgXdpFrontFull  = "xdp_front_full"
 	directorProgXdpInside     = "xdp_inside"
 	directorVarUnusedConn     = "unused_conn"
 	directorVarUnusedConnKey  = "unused_conn_key"
@@ -249,6 +251,7 @@ type directorProgramSpecs struct {
 	TcFrontEgress *ebpf.ProgramSpec `ebpf:"tc_front_egress"`
 	TcInside      *ebpf.ProgramSpec `ebpf:"tc_inside"`
 	XdpFront      *ebpf.ProgramSpec `ebpf:"xdp_front"`
+	XdpFrontFull  *ebpf.ProgramSpec `ebpf:"xdp_front_full"`
 	XdpInside     *ebpf.ProgramSpec `ebpf:"xdp_inside"`
 }
 
@@ -260,6 +263,7 @@ type directorMapSpecs struct {
 	ClockSamples *ebpf.MapSpec `ebpf:"clock_samples"`
 	Conns        *ebpf.MapSpec `ebpf:"conns"`
 	Events       *ebpf.MapSpec `ebpf:"events"`
+	FrontFull    *ebpf.MapSpec `ebpf:"front_full"`
 	Leases       *ebpf.MapSpec `ebpf:"leases"`
 	Persist      *ebpf.MapSpec `ebpf:"persist"`
 	Reals        *ebpf.MapSpec `ebpf:"reals"`
@@ -311,6 +315,7 @@ type directorMaps struct {
 	ClockSamples *ebpf.Map `ebpf:"clock_samples"`
 	Conns        *ebpf.Map `ebpf:"conns"`
 	Events       *ebpf.Map `ebpf:"events"`
+	FrontFull    *ebpf.Map `ebpf:"front_full"`
 	Leases       *ebpf.Map `ebpf:"leases"`
 	Persist      *ebpf.Map `ebpf:"persist"`
 	Reals        *ebpf.Map `ebpf:"reals"`
@@ -333,6 +338,7 @@ func (m *directorMaps) Close() error {
 		m.ClockSamples,
 		m.Conns,
 		m.Events,
+		m.FrontFull,
 		m.Leases,
 		m.Persist,
 		m.Reals,
@@ -370,6 +376,7 @@ type directorPrograms struct {
 	TcFrontEgress *ebpf.Program `ebpf:"tc_front_egress"`
 	TcInside      *ebpf.Program `ebpf:"tc_inside"`
 	XdpFront      *ebpf.Program `ebpf:"xdp_front"`
+	XdpFrontFull  *ebpf.Program `ebpf:"xdp_front_full"`
 	XdpInside     *ebpf.Program `ebpf:"xdp_inside"`
 }
 
@@ -380,6 +387,7 @@ func (p *directorPrograms) Close() error {
 		p.TcFrontEgress,
 		p.TcInside,
 		p.XdpFront,
+		p.XdpFrontFull,
 		p.XdpInside,
 	)
 }

@@ -395,8 +395,10 @@ struct {
  * a locked, freelist-backed insert per new connection (several hundred ns
  * on this kind of machine); here an insert is a few atomics and stores.
  *
- * A key lives in one of two buckets, whichever had more room when it was
- * inserted. Every insert and delete of a key holds the lock of its home
+ * A key lives in one of two buckets: its home bucket while that holds
+ * fewer than CT_HOME_WAYS keys, else whichever had more room. Mostly
+ * home, so a lookup mostly reads one bucket; balanced once buckets fill,
+ * so the table still takes its capacity. Every insert and delete of a key holds the lock of its home
  * bucket (the first), so no key is ever in the table twice; a slot is
  * claimed with a compare-and-swap because keys of other homes may be
  * written into the same alternate bucket. Lookups take no lock: a slot's
@@ -412,6 +414,7 @@ struct {
  * write into another key's entry. */
 #define CT_TAG_DEAD 4
 #define CT_LOCK_TRIES 64
+#define CT_HOME_WAYS 5
 
 union ct_val {
 	struct conn conn;
@@ -641,16 +644,21 @@ static __always_inline void ct_hash(const __u64 *key, __u64 seed, __u32 n, struc
  */
 
 /* The way of bk holding the key, or -1. */
-__attribute__((noinline)) long ct_way(struct ct_bucket *bk, __u64 k0, __u64 k1, __u32 tag)
+static __always_inline long ct_way_inline(struct ct_bucket *bk, __u64 k0, __u64 k1, __u32 tag)
 {
-	if (!bk)
-		return -1;
 #pragma unroll
 	for (int w = 0; w < CT_WAYS; w++) {
 		if (bk->tag[w] == tag && bk->slot[w].key[0] == k0 && bk->slot[w].key[1] == k1)
 			return w;
 	}
 	return -1;
+}
+
+__attribute__((noinline)) long ct_way(struct ct_bucket *bk, __u64 k0, __u64 k1, __u32 tag)
+{
+	if (!bk)
+		return -1;
+	return ct_way_inline(bk, k0, k1, tag);
 }
 
 /* Bounded: the holder is another CPU's program or Go, both brief; a
@@ -721,22 +729,29 @@ static __always_inline struct ct_slot *ct_slot_at(struct ct_bucket *bk, __u64 w)
 	return &bk->slot[w & (CT_WAYS - 1)];
 }
 
-static __always_inline struct ct_slot *ct_find(void *map, const __u64 *key, struct ct_pos *p)
+/*
+ * The slot holding the key, or NULL. The alternate bucket is read only
+ * when the home one lacks the key, which is seldom (see CT_HOME_WAYS).
+ * inlined searches without calls, for the front program's fast path,
+ * which is small enough for the verifier to take that.
+ */
+static __always_inline struct ct_slot *ct_find(void *map, const __u64 *key, struct ct_pos *p,
+					       int inlined)
 {
-	struct ct_bucket *home = bpf_map_lookup_elem(map, &p->b[0]);
-	struct ct_bucket *alt = bpf_map_lookup_elem(map, &p->b[1]);
+	struct ct_bucket *bk = bpf_map_lookup_elem(map, &p->b[0]);
 	struct ct_slot *s;
 
-	if (!home || !alt)
+	if (!bk)
 		return NULL;
-	/* Touch the alternate bucket before searching the home one: in a big
-	 * table both are cache (and TLB) misses, and this way they overlap
-	 * instead of following each other. */
-	asm volatile("" : : "r"(*(volatile __u32 *)&alt->tag[0]));
-	s = ct_slot_at(home, ct_way(home, key[0], key[1], p->tag));
+	s = ct_slot_at(bk, inlined ? ct_way_inline(bk, key[0], key[1], p->tag) :
+				     ct_way(bk, key[0], key[1], p->tag));
 	if (s || p->b[1] == p->b[0])
 		return s;
-	return ct_slot_at(alt, ct_way(alt, key[0], key[1], p->tag));
+	bk = bpf_map_lookup_elem(map, &p->b[1]);
+	if (!bk)
+		return NULL;
+	return ct_slot_at(bk, inlined ? ct_way_inline(bk, key[0], key[1], p->tag) :
+				      ct_way(bk, key[0], key[1], p->tag));
 }
 
 enum ct_result {
@@ -757,6 +772,7 @@ static __always_inline int ct_insert(void *map, const __u64 *key, struct ct_pos 
 	struct ct_bucket *alt = bpf_map_lookup_elem(map, &p->b[1]);
 	struct ct_bucket *first, *second;
 	struct ct_slot *s;
+	int used;
 
 	if (!home || !alt)
 		return CT_FULL;
@@ -772,7 +788,8 @@ static __always_inline int ct_insert(void *map, const __u64 *key, struct ct_pos 
 	}
 	first = home;
 	second = alt;
-	if (ct_used(alt) < ct_used(home)) {
+	used = ct_used(home);
+	if (used >= CT_HOME_WAYS && ct_used(alt) < used) {
 		first = alt;
 		second = home;
 	}
@@ -812,7 +829,7 @@ static __always_inline union ct_val *ct_get(void *map, const void *key, __u32 n,
 	struct ct_pos p;
 
 	ct_hash(key, cfg->ct_seed, n, &p);
-	s = ct_find(map, key, &p);
+	s = ct_find(map, key, &p, 0);
 	return s ? &s->val : NULL;
 }
 
@@ -1000,17 +1017,30 @@ static __always_inline __s64 schedule(struct svc *s, struct flow *f, int by_flow
 	return *idx;
 }
 
+/* The realserver a recorded connection names, while it is configured for
+ * s (its slot may since hold another), and its index. */
+static __always_inline struct real *conn_real(struct svc *s, struct conn *c, __u32 *idx)
+{
+	struct real *rs;
+
+	*idx = c->rs_idx;
+	rs = bpf_map_lookup_elem(&reals, idx);
+	if (!rs || !(rs->flags & RS_VALID) || rs->addr != c->rs_addr || rs->port != c->rs_port ||
+	    rs->svc_id != s->id)
+		return NULL;
+	return rs;
+}
+
 /* A known connection's packet: its realserver, with state, timestamp and
  * events brought up to date; NULL when that realserver was removed. */
 static __always_inline struct real *conn_hit(struct svc *s, struct flow *f, struct conn *c,
 					     __u64 now, __u32 *rs_idx, struct config *cfg)
 {
-	__u32 idx = c->rs_idx;
-	struct real *rs = bpf_map_lookup_elem(&reals, &idx);
+	__u32 idx;
+	struct real *rs = conn_real(s, c, &idx);
 	__u8 st;
 
-	if (!rs || !(rs->flags & RS_VALID) || rs->addr != c->rs_addr || rs->port != c->rs_port ||
-	    rs->svc_id != s->id)
+	if (!rs)
 		return NULL;
 	st = c->state;
 	if (f->key.proto == IPPROTO_TCP)
@@ -1111,7 +1141,7 @@ static __always_inline struct real *conn_select(struct svc *s, struct flow *f, _
 	ct_hash((__u64 *)&f->key, cfg->ct_seed, cfg->conn_buckets, &pos);
 	/* A SYN opens a connection: the insert's search, under the lock,
 	 * finds a known one, so it needs no search of its own first. */
-	slot = f->syn && !f->ack ? NULL : ct_find(&conns, (__u64 *)&f->key, &pos);
+	slot = f->syn && !f->ack ? NULL : ct_find(&conns, (__u64 *)&f->key, &pos, 0);
 	if (slot) {
 		c = &slot->val.conn;
 		rs = conn_hit(s, f, c, now, rs_idx, cfg);
@@ -1179,7 +1209,7 @@ static __always_inline struct real *conn_select(struct svc *s, struct flow *f, _
 			/* A SYN skipped the lock-free search: a known connection
 			 * must not lose its realserver to a contended lock. */
 			if (r == CT_BUSY && f->syn && !f->ack) {
-				slot = ct_find(&conns, (__u64 *)&f->key, &pos);
+				slot = ct_find(&conns, (__u64 *)&f->key, &pos, 0);
 				if (slot) {
 					struct real *won = conn_hit(s, f, &slot->val.conn, now, rs_idx, cfg);
 

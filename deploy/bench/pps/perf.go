@@ -95,7 +95,8 @@ var (
 var breakdown = []struct{ sym, what string }{
 	{"pskb_expand_head", "generic XDP's copy into 256 bytes of headroom"},
 	{"__pskb_pull_tail", "generic XDP's linearizing of trafgen's paged skb, which frees its page (the nft paths free it at the sink, outside their own cost)"},
-	{bpfSym("xdp_front"), "raftlb's XDP program"},
+	{bpfSym("xdp_front"), "raftlb's XDP program: its fast path (established connections)"},
+	{bpfSym("xdp_front_full"), "raftlb's XDP program: the rest, by tail call"},
 	{bpfSym("pps_bounce"), "the bounce program"},
 	{"generic_xdp_tx", "XDP_TX to the veth"},
 	{bpfSym("tc_front"), "raftlb's TC program"},
