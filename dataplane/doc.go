@@ -8,6 +8,13 @@
 //     (VIPs), DR (MAC rewrite, XDP_TX) and TUN (IPv4-in-IPv4, XDP_TX; the
 //     outer header always carries DF, as Linux ipip with pmtudisc);
 //     ICMP errors about a DR or TUN connection go to its realserver.
+//     The front program is two: xdp_front, a small fast path for packets
+//     of recorded connections whose state and events need no update, and
+//     xdp_front_full (everything, from the start), which xdp_front tail
+//     calls for any other packet. A small program runs faster when
+//     packets are few and its code and data are out of the cache; the
+//     fast path changes nothing before it hands a packet on, and a test
+//     runs the same frames through both to hold them to the same result.
 //   - XDP on the inside interface: ARP and ICMP echo for the NAT gateway.
 //   - TC (tcx ingress) on both: NAT in both directions with checksum
 //     helpers that are right for full and partial checksums and GSO, and
@@ -42,7 +49,8 @@
 //     counted, never passed to the kernel. Errors do not refresh
 //     connections.
 //   - The connection and reverse-NAT tables: arrays of two-choice,
-//     eight-way buckets (not an LRU; entries leave only through the
+//     eight-way buckets (a key stays in its home bucket while that holds
+//     fewer than five, so a lookup mostly reads one bucket; not an LRU; entries leave only through the
 //     sweeper, which reports them), mapped into the Go process, which
 //     lists, installs and expires entries in place (cttable.go). The
 //     programs find a connection with inlined loads and record a new one
