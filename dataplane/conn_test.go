@@ -728,3 +728,65 @@ func TestConnTableBusy(t *testing.T) {
 		}
 	}
 }
+
+// TestConnTableAway: the programs keep each home bucket's count of keys
+// sent to their alternate bucket exact through inserts and deletes (the
+// reverse-NAT entries of rescheduled connections), so lookups that skip
+// the alternate bucket still find every connection.
+func TestConnTableAway(t *testing.T) {
+	d := newTestDataplane(t, Config{ConnTableSize: 64})
+	svc := service(MH, reals(NAT, 8080, 3))
+	mustApply(t, d, State{Services: []Service{svc}, Gateways: []netip.Addr{gateway}})
+	grantLease(t, d, vip, gateway)
+	const flows = 60
+	picked := make(map[uint16]int)
+	for p := range uint16(flows) {
+		_, out := run(t, d.objs.TcFront, tcpFrame(client, 10000+p, vip, 80, pkt.SYN, nil))
+		picked[p] = rsInsideOf(out)
+	}
+	checkAway(t, d.conns)
+	checkAway(t, d.rnat)
+	away := 0
+	for b := range d.conns.buckets {
+		away += int(d.conns.buckets[b].Away)
+	}
+	if away == 0 {
+		t.Fatal("no connection went to its alternate bucket; the test proves nothing")
+	}
+	for p := range uint16(flows) {
+		if _, out := run(t, d.objs.TcFront, tcpFrame(client, 10000+p, vip, 80, pkt.ACK, nil)); rsInsideOf(out) != picked[p] {
+			t.Fatalf("port %d: realserver %d, then %d", 10000+p, picked[p], rsInsideOf(out))
+		}
+	}
+	// Realserver 1 leaves: its connections' next packets are scheduled
+	// afresh and their reverse entries deleted by the program.
+	svc.Realservers = svc.Realservers[1:]
+	mustApply(t, d, State{Services: []Service{svc}, Gateways: []netip.Addr{gateway}})
+	for p := range uint16(flows) {
+		run(t, d.objs.TcFront, tcpFrame(client, 10000+p, vip, 80, pkt.ACK, nil))
+	}
+	if counter(t, d, ReasonConnRescheduled) == 0 {
+		t.Fatal("no connection was rescheduled")
+	}
+	checkAway(t, d.conns)
+	checkAway(t, d.rnat)
+	var keys []ConnKey
+	for p := range uint16(flows / 2) {
+		keys = append(keys, ConnKey{Proto: TCP, Client: netip.AddrPortFrom(client, 10000+p), VIP: netip.AddrPortFrom(vip, 80)})
+	}
+	if err := d.DeleteConnections(keys); err != nil {
+		t.Fatal(err)
+	}
+	checkAway(t, d.conns)
+	checkAway(t, d.rnat)
+}
+
+// rsInsideOf is the NAT realserver (1..3) a translated frame goes to, 0 if none.
+func rsInsideOf(frame []byte) int {
+	for i := 1; i <= 3; i++ {
+		if len(frame) >= 34 && string(frame[30:34]) == string(rsInside(i).AsSlice()) {
+			return i
+		}
+	}
+	return 0
+}

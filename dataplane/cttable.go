@@ -152,8 +152,10 @@ func (t *ctTable) find(k ctKey) (b uint32, w int) {
 }
 
 // findBoth returns the bucket and way holding k, w -1 if neither does.
+// Like ct_find, it reads the alternate bucket only when home has sent
+// keys away.
 func (t *ctTable) findBoth(home, alt uint32, k ctKey, tag uint32) (b uint32, w int) {
-	if w = t.findIn(home, k, tag); w >= 0 {
+	if w = t.findIn(home, k, tag); w >= 0 || home == alt || atomic.LoadUint32(&t.buckets[home].Away) == 0 {
 		return home, w
 	}
 	return alt, t.findIn(alt, k, tag)
@@ -195,11 +197,16 @@ func (t *ctTable) put(k ctKey, v ctVal) (old ctVal, replaced bool, err error) {
 		return old, true, nil
 	}
 	first, second := home, alt
-	if used := t.used(home); used >= ctHomeWays && t.used(alt) < used {
+	if used := t.used(home); home != alt && used >= ctHomeWays && t.used(alt) < used {
 		first, second = alt, home
 	}
-	if t.claim(first, k, v, tag) || t.claim(second, k, v, tag) {
-		return old, false, nil
+	for _, b := range []uint32{first, second} {
+		if t.claim(b, k, v, tag) {
+			if b != home {
+				atomic.AddUint32(&t.buckets[home].Away, 1)
+			}
+			return old, false, nil
+		}
 	}
 	return old, false, ErrTableFull
 }
@@ -245,6 +252,9 @@ func (t *ctTable) deleteIf(k ctKey, doomed func(v *ctVal) bool) (ctVal, bool) {
 	}
 	v := s.Val
 	atomic.StoreUint32(&t.buckets[b].Tag[w], ctTagDead)
+	if b != home {
+		atomic.AddUint32(&t.buckets[home].Away, ^uint32(0))
+	}
 	return v, true
 }
 

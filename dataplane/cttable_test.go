@@ -1,6 +1,7 @@
 package dataplane
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"sync"
 	"testing"
@@ -31,6 +32,7 @@ func TestCTTableCapacity(t *testing.T) {
 		if n != entries-full {
 			t.Errorf("%d entries: walk saw %d, want %d", entries, n, entries-full)
 		}
+		checkAway(t, tb)
 	}
 }
 
@@ -53,6 +55,7 @@ func TestCTTableOps(t *testing.T) {
 	if len(keys) < 24 || len(keys) > 32 {
 		t.Fatalf("%d keys fit in 32 slots", len(keys))
 	}
+	checkAway(t, tb)
 	for i, k := range keys {
 		if v, ok := tb.lookup(k); !ok || v[0] != byte(i) {
 			t.Fatalf("lookup %d: %v %v", i, v[0], ok)
@@ -70,6 +73,7 @@ func TestCTTableOps(t *testing.T) {
 	if _, ok := tb.lookup(keys[3]); ok {
 		t.Fatal("deleted key still found")
 	}
+	checkAway(t, tb)
 	if !tb.update(keys[4], func(v *ctVal) { v[1] = 5 }) {
 		t.Fatal("update of a present key failed")
 	}
@@ -89,14 +93,49 @@ func TestCTTableOps(t *testing.T) {
 	if _, _, err := tb.put(keys[3], ctVal{3}); err != nil {
 		t.Fatalf("reinsert: %v", err)
 	}
+	checkAway(t, tb)
+	for i, k := range keys {
+		if _, ok := tb.deleteIf(k, nil); !ok {
+			t.Fatalf("delete %d: not found", i)
+		}
+	}
+	checkAway(t, tb)
+}
+
+// checkAway: every bucket counts exactly the keys of its home that live
+// in their alternate bucket, which lookups rely on to skip that bucket.
+func checkAway(t *testing.T, tb *ctTable) {
+	t.Helper()
+	want := make([]uint32, len(tb.buckets))
+	tb.walk(func(k ctKey, _ *ctVal) {
+		home, alt, tag := ctHash(k, tb.seed, uint32(len(tb.buckets)))
+		if tb.findIn(home, k, tag) < 0 {
+			if alt == home || tb.findIn(alt, k, tag) < 0 {
+				t.Fatalf("key %x in neither of its buckets", k)
+			}
+			want[home]++
+		}
+	})
+	for b := range tb.buckets {
+		if got := tb.buckets[b].Away; got != want[b] {
+			t.Fatalf("bucket %d counts %d keys away, %d are", b, got, want[b])
+		}
+	}
 }
 
 // Concurrent inserts of the same keys leave each key once: the home
 // bucket's lock serialises them, as it does for the programs.
 func TestCTTableConcurrentPut(t *testing.T) {
+	// The smaller table sends keys away from their home buckets.
+	for _, entries := range []int{16384, 8192} {
+		t.Run(fmt.Sprint(entries), func(t *testing.T) { concurrentPut(t, entries) })
+	}
+}
+
+func concurrentPut(t *testing.T, entries int) {
 	// Room for every delete's dead slot too, however seldom the reaper
 	// below gets to run.
-	tb := newMemCT(int(ctBuckets(16384)), 9)
+	tb := newMemCT(int(ctBuckets(entries)), 9)
 	r := rand.New(rand.NewPCG(4, 5))
 	keys := make([]ctKey, 3000)
 	for i := range keys {
@@ -142,6 +181,7 @@ func TestCTTableConcurrentPut(t *testing.T) {
 			t.Fatalf("key %x is in the table %d times", k, n)
 		}
 	}
+	checkAway(t, tb)
 }
 
 func BenchmarkCTTable(b *testing.B) {

@@ -68,7 +68,7 @@ type directorCounters struct {
 type directorCtBucket struct {
 	_    structs.HostLayout
 	Lock uint32
-	Pad  uint32
+	Away uint32
 	Tag  [8]uint32
 	Pad2 [3]uint64
 	Slot [8]struct {

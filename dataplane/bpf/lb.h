@@ -397,8 +397,9 @@ struct {
  *
  * A key lives in one of two buckets: its home bucket while that holds
  * fewer than CT_HOME_WAYS keys, else whichever had more room. Mostly
- * home, so a lookup mostly reads one bucket; balanced once buckets fill,
- * so the table still takes its capacity. Every insert and delete of a key holds the lock of its home
+ * home, so a lookup or an insert mostly reads one bucket (the home one
+ * counts the keys it sent away); balanced once buckets fill, so the table
+ * still takes its capacity. Every insert and delete of a key holds the lock of its home
  * bucket (the first), so no key is ever in the table twice; a slot is
  * claimed with a compare-and-swap because keys of other homes may be
  * written into the same alternate bucket. Lookups take no lock: a slot's
@@ -428,7 +429,9 @@ struct ct_slot {
 
 struct ct_bucket {
 	__u32 lock;
-	__u32 pad;
+	/* Keys whose home this is, kept in their alternate bucket: while 0, a
+	 * key missing here is missing, and the alternate bucket is not read. */
+	__u32 away;
 	__u32 tag[CT_WAYS]; /* 0 free, CT_TAG_BUSY claimed, CT_TAG_DEAD, else the key's tag */
 	__u64 pad2[3];      /* the header is one cache line */
 	struct ct_slot slot[CT_WAYS];
@@ -731,7 +734,8 @@ static __always_inline struct ct_slot *ct_slot_at(struct ct_bucket *bk, __u64 w)
 
 /*
  * The slot holding the key, or NULL. The alternate bucket is read only
- * when the home one lacks the key, which is seldom (see CT_HOME_WAYS).
+ * when the home one lacks the key and has sent keys away. Without the
+ * lock, a key being inserted or deleted meanwhile may or may not be found.
  * inlined searches without calls, for the front program's fast path,
  * which is small enough for the verifier to take that.
  */
@@ -745,7 +749,7 @@ static __always_inline struct ct_slot *ct_find(void *map, const __u64 *key, stru
 		return NULL;
 	s = ct_slot_at(bk, inlined ? ct_way_inline(bk, key[0], key[1], p->tag) :
 				     ct_way(bk, key[0], key[1], p->tag));
-	if (s || p->b[1] == p->b[0])
+	if (s || p->b[1] == p->b[0] || !bk->away)
 		return s;
 	bk = bpf_map_lookup_elem(map, &p->b[1]);
 	if (!bk)
@@ -770,32 +774,32 @@ static __always_inline int ct_insert(void *map, const __u64 *key, struct ct_pos 
 {
 	struct ct_bucket *home = bpf_map_lookup_elem(map, &p->b[0]);
 	struct ct_bucket *alt = bpf_map_lookup_elem(map, &p->b[1]);
-	struct ct_bucket *first, *second;
 	struct ct_slot *s;
-	int used;
+	int used, alt_first;
 
 	if (!home || !alt)
 		return CT_FULL;
 	if (!ct_lock(home))
 		return CT_BUSY;
 	s = ct_slot_at(home, ct_way(home, key[0], key[1], p->tag));
-	if (!s)
+	if (!s && home->away)
 		s = ct_slot_at(alt, ct_way(alt, key[0], key[1], p->tag));
 	if (s) {
 		ct_unlock(home);
 		*slot = s;
 		return CT_EXISTS;
 	}
-	first = home;
-	second = alt;
 	used = ct_used(home);
-	if (used >= CT_HOME_WAYS && ct_used(alt) < used) {
-		first = alt;
-		second = home;
+	alt_first = p->b[1] != p->b[0] && used >= CT_HOME_WAYS && ct_used(alt) < used;
+#pragma unroll
+	for (int i = 0; i < 2 && !s; i++) {
+		int away = i ^ alt_first;
+		struct ct_bucket *bk = away ? alt : home;
+
+		s = ct_slot_at(bk, ct_claim(bk, key[0], key[1], p->tag, val));
+		if (s && away && p->b[1] != p->b[0])
+			home->away++;
 	}
-	s = ct_slot_at(first, ct_claim(first, key[0], key[1], p->tag, val));
-	if (!s)
-		s = ct_slot_at(second, ct_claim(second, key[0], key[1], p->tag, val));
 	ct_unlock(home);
 	if (!s)
 		return CT_FULL;
@@ -815,10 +819,12 @@ static __always_inline void ct_delete(void *map, const __u64 *key, struct ct_pos
 	w = ct_way(home, key[0], key[1], p->tag);
 	if (w < CT_WAYS) {
 		__sync_lock_test_and_set(&home->tag[w], CT_TAG_DEAD);
-	} else {
+	} else if (home->away) {
 		w = ct_way(alt, key[0], key[1], p->tag);
-		if (w < CT_WAYS)
+		if (w < CT_WAYS) {
 			__sync_lock_test_and_set(&alt->tag[w], CT_TAG_DEAD);
+			home->away--;
+		}
 	}
 	ct_unlock(home);
 }
