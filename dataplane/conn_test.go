@@ -790,3 +790,45 @@ func rsInsideOf(frame []byte) int {
 	}
 	return 0
 }
+
+// TestCrowded: the sweep tells the programs when a table is at least
+// half full (they then fetch both buckets of a lookup at once), and when
+// it no longer is; lookups find the same connections either way.
+func TestCrowded(t *testing.T) {
+	d := newTestDataplane(t, Config{ConnTableSize: 64})
+	mustApply(t, d, State{Services: []Service{service(MH, reals(DR, 80, 3))}})
+	grantLease(t, d, vip)
+	crowded := func() uint32 {
+		t.Helper()
+		var c directorConfig
+		if err := d.objs.Cfg.Lookup(uint32(0), &c); err != nil {
+			t.Fatal(err)
+		}
+		return c.CtCrowded
+	}
+	picked := make(map[uint16]int)
+	for p := range uint16(40) {
+		_, out := run(t, d.objs.XdpFront, tcpFrame(client, 10000+p, vip, 80, pkt.SYN, nil))
+		picked[p] = rsOf(out)
+	}
+	if _, err := d.sweep(); err != nil {
+		t.Fatal(err)
+	}
+	if crowded() != 1 {
+		t.Fatal("40 connections in a table of 64: not crowded")
+	}
+	for p := range uint16(40) {
+		if _, out := run(t, d.objs.XdpFront, tcpFrame(client, 10000+p, vip, 80, pkt.ACK, nil)); rsOf(out) != picked[p] {
+			t.Fatalf("port %d: realserver %d, then %d", 10000+p, picked[p], rsOf(out))
+		}
+	}
+	if err := d.Flush(nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.sweep(); err != nil {
+		t.Fatal(err)
+	}
+	if crowded() != 0 {
+		t.Fatal("empty table still crowded")
+	}
+}

@@ -224,10 +224,25 @@ func (d *Dataplane) sweep() ([]Event, error) {
 	if err := d.sweepPersistExpired(now, total); err != nil {
 		return evs, err
 	}
-	if err := d.sweepRnat(now); err != nil {
+	rnats, err := d.sweepRnat(now)
+	if err != nil {
+		return evs, err
+	}
+	if err := d.setCrowded(max(total, rnats)*2 >= d.cfg.ConnTableSize); err != nil {
 		return evs, err
 	}
 	return evs, d.reap()
+}
+
+// setCrowded tells the programs whether the tables are at least half full.
+func (d *Dataplane) setCrowded(crowded bool) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed || crowded == d.crowded {
+		return nil
+	}
+	d.crowded = crowded
+	return d.writeConfig(d.st.frontAddr)
 }
 
 // reap frees the table slots deleted since the last time, once no program
@@ -314,20 +329,22 @@ func (d *Dataplane) sweepDelete(doomed []connKV) ([]Event, error) {
 // (TCP) or UDP timeout. Such entries come from connections that did not
 // fit a full table: their replies are translated from the reverse entry
 // alone, and each forwarded packet refreshes it. An entry whose
-// connection lives is left to deleteConn.
-func (d *Dataplane) sweepRnat(now uint64) error {
-	idle, err := d.scanRnat(now)
+// connection lives is left to deleteConn. It returns about how many
+// entries remain.
+func (d *Dataplane) sweepRnat(now uint64) (int, error) {
+	idle, total, err := d.scanRnat(now)
 	if err != nil {
-		return err
+		return 0, err
 	}
+	total -= len(idle)
 	for len(idle) > 0 {
 		n := min(len(idle), sweepChunk)
 		if err := d.expireRnat(now, idle[:n]); err != nil {
-			return err
+			return total, err
 		}
 		idle = idle[n:]
 	}
-	return nil
+	return total, nil
 }
 
 type rnatKV struct {
@@ -336,14 +353,16 @@ type rnatKV struct {
 }
 
 // scanRnat lists the reverse-NAT entries idle past their timeout.
-func (d *Dataplane) scanRnat(now uint64) ([]rnatKV, error) {
+func (d *Dataplane) scanRnat(now uint64) ([]rnatKV, int, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
-		return nil, ErrClosed
+		return nil, 0, ErrClosed
 	}
 	var idle []rnatKV
+	total := 0
 	d.rnat.walk(func(ck ctKey, cv *ctVal) {
+		total++
 		k, v := ctRnatKey(ck), *rnatVal(cv)
 		si := d.st.svcs[ServiceKey{VIP: addrFrom32(v.Vip), Port: port16(v.Vport), Proto: Proto(k.Proto)}]
 		timeout := time.Duration(0)
@@ -357,7 +376,7 @@ func (d *Dataplane) scanRnat(now uint64) ([]rnatKV, error) {
 			idle = append(idle, rnatKV{k, v})
 		}
 	})
-	return idle, nil
+	return idle, total, nil
 }
 
 // expireRnat deletes one chunk of idle reverse-NAT entries that have no

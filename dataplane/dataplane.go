@@ -172,6 +172,9 @@ type Dataplane struct {
 	index *vipIndex
 	// conns and rnat are the connection and reverse-NAT tables, mapped.
 	conns, rnat *ctTable
+	// crowded: either table was at least half full at the last sweep
+	// (config.ct_crowded).
+	crowded bool
 	// grace and graceInner serve rcuSync.
 	grace, graceInner *ebpf.Map
 	tick              jiffyClock // how the programs read the time
@@ -382,6 +385,9 @@ func (d *Dataplane) writeConfig(frontAddr netip.Addr) error {
 		ConnBuckets:   uint32(len(d.conns.buckets)),
 		RnatBuckets:   uint32(len(d.rnat.buckets)),
 		CtSeed:        d.conns.seed,
+	}
+	if d.crowded {
+		c.CtCrowded = 1
 	}
 	if c.FrontMtu == 0 {
 		c.FrontMtu = 1500

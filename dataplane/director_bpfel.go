@@ -34,6 +34,8 @@ type directorConfig struct {
 	ConnBuckets   uint32
 	RnatBuckets   uint32
 	CtSeed        uint64
+	CtCrowded     uint32
+	Pad           uint32
 }
 
 type directorConn struct {

@@ -170,6 +170,11 @@ struct config {
 	__u32 conn_buckets;
 	__u32 rnat_buckets;
 	__u64 ct_seed;
+	/* Set by Go's sweeper while either table is at least half full:
+	 * then keys are often away from home and lookups often miss, so a
+	 * lookup fetches both buckets at once instead of one after the other. */
+	__u32 ct_crowded;
+	__u32 pad;
 };
 
 /* What clock_probe saw, for the calibration. */
@@ -733,20 +738,28 @@ static __always_inline struct ct_slot *ct_slot_at(struct ct_bucket *bk, __u64 w)
 }
 
 /*
- * The slot holding the key, or NULL. The alternate bucket is read only
- * when the home one lacks the key and has sent keys away. Without the
- * lock, a key being inserted or deleted meanwhile may or may not be found.
- * inlined searches without calls, for the front program's fast path,
- * which is small enough for the verifier to take that.
+ * The slot holding the key, or NULL. The alternate bucket is searched
+ * only when the home one lacks the key and has sent keys away, and read
+ * up front only when the table is crowded (config.ct_crowded). Without
+ * the lock, a key being inserted or deleted meanwhile may or may not be
+ * found. inlined searches without calls, for the front program's fast
+ * path, which is small enough for the verifier to take that.
  */
 static __always_inline struct ct_slot *ct_find(void *map, const __u64 *key, struct ct_pos *p,
-					       int inlined)
+					       int inlined, __u32 crowded)
 {
 	struct ct_bucket *bk = bpf_map_lookup_elem(map, &p->b[0]);
 	struct ct_slot *s;
 
 	if (!bk)
 		return NULL;
+	if (crowded) {
+		struct ct_bucket *alt = bpf_map_lookup_elem(map, &p->b[1]);
+
+		/* Touched now, so that both misses overlap. */
+		if (alt)
+			asm volatile("" : : "r"(*(volatile __u32 *)&alt->tag[0]));
+	}
 	s = ct_slot_at(bk, inlined ? ct_way_inline(bk, key[0], key[1], p->tag) :
 				     ct_way(bk, key[0], key[1], p->tag));
 	if (s || p->b[1] == p->b[0] || !bk->away)
@@ -835,7 +848,7 @@ static __always_inline union ct_val *ct_get(void *map, const void *key, __u32 n,
 	struct ct_pos p;
 
 	ct_hash(key, cfg->ct_seed, n, &p);
-	s = ct_find(map, key, &p, 0);
+	s = ct_find(map, key, &p, 0, cfg->ct_crowded);
 	return s ? &s->val : NULL;
 }
 
@@ -1147,7 +1160,7 @@ static __always_inline struct real *conn_select(struct svc *s, struct flow *f, _
 	ct_hash((__u64 *)&f->key, cfg->ct_seed, cfg->conn_buckets, &pos);
 	/* A SYN opens a connection: the insert's search, under the lock,
 	 * finds a known one, so it needs no search of its own first. */
-	slot = f->syn && !f->ack ? NULL : ct_find(&conns, (__u64 *)&f->key, &pos, 0);
+	slot = f->syn && !f->ack ? NULL : ct_find(&conns, (__u64 *)&f->key, &pos, 0, cfg->ct_crowded);
 	if (slot) {
 		c = &slot->val.conn;
 		rs = conn_hit(s, f, c, now, rs_idx, cfg);
@@ -1215,7 +1228,7 @@ static __always_inline struct real *conn_select(struct svc *s, struct flow *f, _
 			/* A SYN skipped the lock-free search: a known connection
 			 * must not lose its realserver to a contended lock. */
 			if (r == CT_BUSY && f->syn && !f->ack) {
-				slot = ct_find(&conns, (__u64 *)&f->key, &pos, 0);
+				slot = ct_find(&conns, (__u64 *)&f->key, &pos, 0, cfg->ct_crowded);
 				if (slot) {
 					struct real *won = conn_hit(s, f, &slot->val.conn, now, rs_idx, cfg);
 
