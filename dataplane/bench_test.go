@@ -1,6 +1,7 @@
 package dataplane
 
 import (
+	"encoding/binary"
 	"math/rand/v2"
 	"net/netip"
 	"testing"
@@ -8,6 +9,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
+	"golang.org/x/sys/unix"
 
 	"github.com/raftlb/raftlb/dataplane/internal/pkt"
 )
@@ -154,6 +156,51 @@ func BenchmarkXDP(b *testing.B) {
 		d := benchDataplane(b, DR)
 		in := pkt.ARP(1, pkt.MAC("ff:ff:ff:ff:ff:ff"), clientMAC, client, pkt.MAC("00:00:00:00:00:00"), vip)
 		once(b, d.objs.XdpFront, emptyProg(b, ebpf.XDP), xdpTX, func(int) []byte { return in })
+	})
+}
+
+// BenchmarkMemory: one load at a random bucket of a BPF array as big as
+// the default connection table (mapped like it), once per call minus an
+// empty run: the cache and TLB misses under any insert into that table.
+func BenchmarkMemory(b *testing.B) {
+	needRoot(b)
+	var def Config
+	def.setDefaults()
+	n := ctBuckets(def.ConnTableSize)
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: uint32(ctBucketSize), MaxEntries: n, Flags: unix.BPF_F_MMAPABLE})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer m.Close()
+	// The bucket index is the packet's first word.
+	p, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "GPL", Instructions: asm.Instructions{
+		asm.LoadMem(asm.R2, asm.R1, 0, asm.Word), // ctx->data
+		asm.LoadMem(asm.R3, asm.R1, 4, asm.Word), // ctx->data_end
+		asm.Mov.Reg(asm.R4, asm.R2),
+		asm.Add.Imm(asm.R4, 4),
+		asm.JGT.Reg(asm.R4, asm.R3, "out"),
+		asm.LoadMem(asm.R4, asm.R2, 0, asm.Word),
+		asm.StoreMem(asm.RFP, -4, asm.R4, asm.Word),
+		asm.LoadMapPtr(asm.R1, m.FD()),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, -4),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "out"),
+		asm.LoadMem(asm.R0, asm.R0, 0, asm.Word),
+		asm.Mov.Imm(asm.R0, xdpPass).WithSymbol("out"),
+		asm.Return(),
+	}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer p.Close()
+	b.Run("random-read", func(b *testing.B) {
+		rng := rand.New(rand.NewPCG(1, 2))
+		in := make([]byte, 64)
+		once(b, p, emptyProg(b, ebpf.XDP), xdpPass, func(int) []byte {
+			binary.NativeEndian.PutUint32(in, rng.Uint32N(n))
+			return in
+		})
 	})
 }
 

@@ -403,13 +403,16 @@ not_ip:
 }
 
 /*
- * The front program's common case: a packet of a recorded DR or TUN
- * connection whose state does not change and whose refresh is not due.
- * It takes the same steps xdp_main would and leaves as soon as anything
- * differs, having changed nothing, so xdp_main starts over. Kept apart
- * because a small program is faster: with the whole of xdp_main around
- * it, the same steps cost a third more (its code and data are out of
- * the cache when packets are few).
+ * The front program's common case: a packet of a recorded connection
+ * whose state does not change and whose refresh is not due. It takes the
+ * same steps xdp_main would and leaves as soon as anything differs,
+ * having changed nothing, so xdp_main starts over. Kept apart because a
+ * small program is faster: with the whole of xdp_main around it, the same
+ * steps cost a third more (its code and data are out of the cache when
+ * packets are few). It steps aside while the connection table is crowded
+ * (mostly full, as under a flood of new flows): then many packets miss,
+ * and xdp_main would wait out the same cache misses a second time, which
+ * costs a new flow more than the fast path saves an established one.
  */
 static __always_inline int xdp_established(struct xdp_md *ctx)
 {
@@ -427,13 +430,13 @@ static __always_inline int xdp_established(struct xdp_md *ctx)
 	__u64 now, len;
 	__u32 idx;
 
+	c = get_cfg();
+	if (!c || c->ct_crowded)
+		return -1;
 	if ((void *)(ip + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP) || ip->version != 4 ||
 	    ip->ihl != 5 || (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET)) ||
 	    (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP) || !parse_l4(ip, data_end, &f) ||
 	    (f.syn && !f.ack))
-		return -1;
-	c = get_cfg();
-	if (!c)
 		return -1;
 	s = svc_find(ip->daddr, f.key.dport, ip->protocol);
 	if (!s)
