@@ -15,6 +15,9 @@
 //     packets are few and its code and data are out of the cache; the
 //     fast path changes nothing before it hands a packet on, and a test
 //     runs the same frames through both to hold them to the same result.
+//     While the connection table is crowded (at least half full at the
+//     last sweep, as under a flood of new flows) the fast path steps
+//     aside, since most of its lookups would miss and be repeated.
 //   - XDP on the inside interface: ARP and ICMP echo for the NAT gateway.
 //   - TC (tcx ingress) on both: NAT in both directions with checksum
 //     helpers that are right for full and partial checksums and GSO, and
@@ -50,7 +53,9 @@
 //     connections.
 //   - The connection and reverse-NAT tables: arrays of two-choice,
 //     eight-way buckets (a key stays in its home bucket while that holds
-//     fewer than five, so a lookup mostly reads one bucket; not an LRU; entries leave only through the
+//     fewer than five, and the home bucket counts the keys it sent away,
+//     so a lookup or insert mostly reads one bucket; while the table is
+//     crowded, lookups fetch both at once; not an LRU; entries leave only through the
 //     sweeper, which reports them), mapped into the Go process, which
 //     lists, installs and expires entries in place (cttable.go). The
 //     programs find a connection with inlined loads and record a new one

@@ -170,10 +170,10 @@ fsync of the BoltDB log plus a TLS round trip; more concurrent clients mean bigg
 found it (` + "`empty`, `dr/established`, `not-vip/pass`" + `) repeat in the kernel: subtract
 ` + "`empty`" + ` (the harness's cost per repetition) for the program's own. The others run once per call
 minus an empty program run the same way (` + "`dr/established-once`" + ` is the DR hit measured so, for
-comparison). ` + "`*/established*`" + ` and ` + "`nat/xdp-pass`" + ` take the front program's fast path
-(` + "`xdp_front`" + `); everything else goes on by tail call to ` + "`xdp_front_full`" + `. ` + "`*/new`" + ` is a SYN
+comparison). ` + "`XDP/*/established*`" + ` and ` + "`XDP/nat/xdp-pass`" + ` take the front program's fast
+path (` + "`xdp_front`" + `); the other XDP rows go on by tail call to ` + "`xdp_front_full`" + `. ` + "`*/new`" + ` is a SYN
 of a tuple never seen (scheduling, the connection insert, its event), against a 262,144-entry table
-whose buckets are not in the cache. ` + "`memory/random-read`" + ` is one read at a random place in a BPF
+whose buckets are not in the cache. ` + "`Memory/random-read`" + ` is one read at a random place in a BPF
 array as big as that table, run the same way: the cost of the cache and TLB misses any insert into
 it pays, whatever the table's design. Targets: established DR ≤ 40 ns, a new connection ≤ 120 ns.`,
 	"github.com/raftlb/raftlb/deploy/e2e": `AgentConvergence: from the CLI's return to the realserver's kernel configured by its agent
