@@ -810,8 +810,10 @@ static __always_inline int ct_insert(void *map, const __u64 *key, struct ct_pos 
 		struct ct_bucket *bk = away ? alt : home;
 
 		s = ct_slot_at(bk, ct_claim(bk, key[0], key[1], p->tag, val));
+		/* Atomic, so that the count is written before the unlock on any
+		 * architecture: the next holder must see it. */
 		if (s && away && p->b[1] != p->b[0])
-			home->away++;
+			__sync_fetch_and_add(&home->away, 1);
 	}
 	ct_unlock(home);
 	if (!s)
@@ -836,7 +838,7 @@ static __always_inline void ct_delete(void *map, const __u64 *key, struct ct_pos
 		w = ct_way(alt, key[0], key[1], p->tag);
 		if (w < CT_WAYS) {
 			__sync_lock_test_and_set(&alt->tag[w], CT_TAG_DEAD);
-			home->away--;
+			__sync_fetch_and_sub(&home->away, 1);
 		}
 	}
 	ct_unlock(home);
