@@ -445,7 +445,7 @@ static __always_inline int xdp_established(struct xdp_md *ctx)
 	if (!lease_valid(s->lease_idx, now))
 		return -1;
 	ct_hash((__u64 *)&f.key, c->ct_seed, c->conn_buckets, &pos);
-	slot = ct_find(&conns, (__u64 *)&f.key, &pos, 1, c->ct_crowded);
+	slot = ct_find(&conns, (__u64 *)&f.key, &pos, 1, 0); /* not crowded, see above */
 	if (!slot)
 		return -1;
 	cn = &slot->val.conn;
