@@ -294,6 +294,36 @@ static __always_inline int parse_l4(struct iphdr *ip, void *data_end, struct flo
 	return 1;
 }
 
+/* Send a front packet of service s on to realserver rs (index idx) by its
+ * method; f->len is the frame's length. */
+static __always_inline int xdp_send(struct xdp_md *ctx, struct ethhdr *eth, struct svc *s,
+				    struct flow *f, struct real *rs, __u32 idx, struct config *c)
+{
+	switch (rs->method) {
+	case METHOD_DR:
+		account(s->id, idx, f->len);
+		return xdp_dr(eth, rs, c);
+	case METHOD_TUN:
+		/* A GSO packet (generic XDP) must be encapsulated where the
+		 * kernel learns it is a tunnel, or segmenting it fails later. */
+		if (f->len - ETH_HLEN + sizeof(struct iphdr) > c->front_mtu) {
+			xdp_hand_pick(ctx, f, rs, idx);
+			count(R_XDP_PASS_OVERSIZE);
+			return XDP_PASS;
+		}
+		account(s->id, idx, f->len);
+		return xdp_tun(ctx, rs, c);
+	case METHOD_NAT:
+		/* TC translates, with this pick when the driver keeps
+		 * metadata; without, it finds the connection recorded. */
+		xdp_hand_pick(ctx, f, rs, idx);
+		count(R_XDP_PASS_NAT);
+		return XDP_PASS;
+	}
+	count(R_DROP_ERROR);
+	return XDP_DROP;
+}
+
 static __always_inline int xdp_main(struct xdp_md *ctx, __u32 role)
 {
 	void *data = (void *)(long)ctx->data;
@@ -374,29 +404,7 @@ static __always_inline int xdp_main(struct xdp_md *ctx, __u32 role)
 		count(R_DROP_NO_REAL);
 		return XDP_DROP;
 	}
-	switch (rs->method) {
-	case METHOD_DR:
-		account(s->id, idx, f.len);
-		return xdp_dr(eth, rs, c);
-	case METHOD_TUN:
-		/* A GSO packet (generic XDP) must be encapsulated where the
-		 * kernel learns it is a tunnel, or segmenting it fails later. */
-		if (f.len - ETH_HLEN + sizeof(struct iphdr) > c->front_mtu) {
-			xdp_hand_pick(ctx, &f, rs, idx);
-			count(R_XDP_PASS_OVERSIZE);
-			return XDP_PASS;
-		}
-		account(s->id, idx, f.len);
-		return xdp_tun(ctx, rs, c);
-	case METHOD_NAT:
-		/* TC translates, with this pick when the driver keeps
-		 * metadata; without, it finds the connection recorded above. */
-		xdp_hand_pick(ctx, &f, rs, idx);
-		count(R_XDP_PASS_NAT);
-		return XDP_PASS;
-	}
-	count(R_DROP_ERROR);
-	return XDP_DROP;
+	return xdp_send(ctx, eth, s, &f, rs, idx, c);
 not_ip:
 	count(R_XDP_PASS_NOT_IP);
 	return XDP_PASS;
@@ -427,7 +435,7 @@ static __always_inline int xdp_established(struct xdp_md *ctx)
 	struct conn *cn;
 	struct real *rs;
 	struct svc *s;
-	__u64 now, len;
+	__u64 now;
 	__u32 idx;
 
 	c = get_cfg();
@@ -450,28 +458,11 @@ static __always_inline int xdp_established(struct xdp_md *ctx)
 		return -1;
 	cn = &slot->val.conn;
 	rs = conn_real(s, cn, &idx);
-	if (!rs || (f.key.proto == IPPROTO_TCP && tcp_next_state(cn->state, &f) != cn->state) ||
-	    now - cn->event_ns >= s->refresh_ns)
+	if (!rs || conn_next_state(cn, &f) != cn->state || now - cn->event_ns >= s->refresh_ns)
 		return -1;
-	len = data_end - data;
-	switch (rs->method) {
-	case METHOD_DR:
-		cn->last_seen_ns = now;
-		account(s->id, idx, len);
-		return xdp_dr(eth, rs, c);
-	case METHOD_TUN:
-		if (len - ETH_HLEN + sizeof(struct iphdr) > c->front_mtu)
-			return -1;
-		cn->last_seen_ns = now;
-		account(s->id, idx, len);
-		return xdp_tun(ctx, rs, c);
-	case METHOD_NAT:
-		cn->last_seen_ns = now;
-		xdp_hand_pick(ctx, &f, rs, idx);
-		count(R_XDP_PASS_NAT);
-		return XDP_PASS;
-	}
-	return -1;
+	cn->last_seen_ns = now;
+	f.len = data_end - data;
+	return xdp_send(ctx, eth, s, &f, rs, idx, c);
 }
 
 /* Holds xdp_front_full; Go fills it before anything is attached. */
@@ -990,18 +981,13 @@ static __always_inline void tc_xdp_meta(struct __sk_buff *skb, struct xdp_meta *
  * that realserver is still there, in s. */
 static __always_inline struct real *picked_real(struct svc *s, struct flow *f, struct xdp_meta *m)
 {
-	struct real *rs;
 	__u32 idx;
 
 	if (m->magic != XDP_META_MAGIC || m->saddr != f->key.saddr || m->sport != f->key.sport ||
 	    m->dport != f->key.dport || m->proto != f->key.proto)
 		return NULL;
 	idx = m->rs_idx;
-	rs = bpf_map_lookup_elem(&reals, &idx);
-	if (!rs || !(rs->flags & RS_VALID) || rs->svc_id != s->id || rs->addr != m->rs_addr ||
-	    rs->port != m->rs_port)
-		return NULL;
-	return rs;
+	return real_named(&idx, m->rs_addr, m->rs_port, s->id);
 }
 
 SEC("tc")

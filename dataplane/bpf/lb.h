@@ -403,9 +403,10 @@ struct {
  * A key lives in one of two buckets: its home bucket while that holds
  * fewer than CT_HOME_WAYS keys, else whichever had more room. Mostly
  * home, so a lookup or an insert mostly reads one bucket (the home one
- * counts the keys it sent away); balanced once buckets fill, so the table
- * still takes its capacity. Every insert and delete of a key holds the lock of its home
- * bucket (the first), so no key is ever in the table twice; a slot is
+ * counts the keys it sent away); balanced once buckets fill, so the
+ * table still takes its capacity. Every insert and delete of a key holds
+ * the lock of its home bucket (the first), so no key is ever in the
+ * table twice; a slot is
  * claimed with a compare-and-swap because keys of other homes may be
  * written into the same alternate bucket. Lookups take no lock: a slot's
  * tag is published after its key and value, and cleared before it is
@@ -806,13 +807,13 @@ static __always_inline int ct_insert(void *map, const __u64 *key, struct ct_pos 
 	alt_first = p->b[1] != p->b[0] && used >= CT_HOME_WAYS && ct_used(alt) < used;
 #pragma unroll
 	for (int i = 0; i < 2 && !s; i++) {
-		int away = i ^ alt_first;
-		struct ct_bucket *bk = away ? alt : home;
+		int in_alt = i ^ alt_first;
+		struct ct_bucket *bk = in_alt ? alt : home;
 
 		s = ct_slot_at(bk, ct_claim(bk, key[0], key[1], p->tag, val));
 		/* Atomic, so that the count is written before the unlock on any
 		 * architecture: the next holder must see it. */
-		if (s && away && p->b[1] != p->b[0])
+		if (s && in_alt && p->b[1] != p->b[0])
 			__sync_fetch_and_add(&home->away, 1);
 	}
 	ct_unlock(home);
@@ -1038,18 +1039,29 @@ static __always_inline __s64 schedule(struct svc *s, struct flow *f, int by_flow
 	return *idx;
 }
 
-/* The realserver a recorded connection names, while it is configured for
- * s (its slot may since hold another), and its index. */
-static __always_inline struct real *conn_real(struct svc *s, struct conn *c, __u32 *idx)
+/* Realserver *idx while it is configured for service svc_id with this
+ * address and port: an index names whatever its slot holds now. */
+static __always_inline struct real *real_named(__u32 *idx, __be32 addr, __be16 port, __u32 svc_id)
 {
-	struct real *rs;
+	struct real *rs = bpf_map_lookup_elem(&reals, idx);
 
-	*idx = c->rs_idx;
-	rs = bpf_map_lookup_elem(&reals, idx);
-	if (!rs || !(rs->flags & RS_VALID) || rs->addr != c->rs_addr || rs->port != c->rs_port ||
-	    rs->svc_id != s->id)
+	if (!rs || !(rs->flags & RS_VALID) || rs->addr != addr || rs->port != port || rs->svc_id != svc_id)
 		return NULL;
 	return rs;
+}
+
+/* The realserver a recorded connection names, while it is configured for
+ * s, and its index. */
+static __always_inline struct real *conn_real(struct svc *s, struct conn *c, __u32 *idx)
+{
+	*idx = c->rs_idx;
+	return real_named(idx, c->rs_addr, c->rs_port, s->id);
+}
+
+/* The state a packet of f leaves c in (UDP connections keep theirs). */
+static __always_inline __u8 conn_next_state(struct conn *c, struct flow *f)
+{
+	return f->key.proto == IPPROTO_TCP ? tcp_next_state(c->state, f) : c->state;
 }
 
 /* A known connection's packet: its realserver, with state, timestamp and
@@ -1063,9 +1075,7 @@ static __always_inline struct real *conn_hit(struct svc *s, struct flow *f, stru
 
 	if (!rs)
 		return NULL;
-	st = c->state;
-	if (f->key.proto == IPPROTO_TCP)
-		st = tcp_next_state(st, f);
+	st = conn_next_state(c, f);
 	c->last_seen_ns = now;
 	if (st != c->state) {
 		c->state = st;
